@@ -1,0 +1,58 @@
+"""The attention zoo: every module the SASE block is compared with, behind one name each.
+
+`create_attention(spec, channels)` builds any of them: a zoo name (`none`, `se`, `eca`, `cbam`,
+`srm`, `gct`, `fca`, `gsop`, `simam`), `sase` / any genotype (preset name, JSON text, JSON path,
+`Genotype`), or a callable taking `channels` (a class or partial, as timm's `attn_layer`).
+SE, ECA and CBAM are timm's own modules (SPEC §7).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, Callable, Union
+
+from timm.layers.cbam import CbamModule
+from timm.layers.eca import EcaModule
+from timm.layers.squeeze_excite import SEModule
+from torch import nn
+
+from ..block import SASEBlock
+from ..genotype import Genotype, GenotypeError
+
+AttentionFactory = Callable[..., nn.Module]
+AttentionSpec = Union[str, Genotype, Mapping, AttentionFactory, None]
+
+
+def _identity(channels: int, **_: Any) -> nn.Module:
+    return nn.Identity()
+
+
+ATTENTIONS: dict[str, AttentionFactory] = {
+    "none": _identity,
+    "se": SEModule,
+    "eca": EcaModule,
+    "cbam": CbamModule,
+    "sase": partial(SASEBlock, genotype="paper"),
+}
+
+
+def create_attention(spec: AttentionSpec, channels: int, **kwargs: Any) -> nn.Module:
+    """Build the attention module `spec` names for a map of `channels` channels.
+
+    Extra keywords (e.g. timm's `device` / `dtype`) go to the module's constructor.
+    """
+    if spec is None:
+        return nn.Identity()
+    if isinstance(spec, str) and spec.lower() in ATTENTIONS:
+        return ATTENTIONS[spec.lower()](channels, **kwargs)
+    if callable(spec) and not isinstance(spec, (str, Genotype, Mapping)):
+        return spec(channels, **kwargs)
+    try:
+        genotype = Genotype.resolve(spec)
+    except GenotypeError as err:
+        raise ValueError(f"unknown attention {spec!r}: not one of {', '.join(ATTENTIONS)} "
+                         f"and not a genotype ({err})") from None
+    return SASEBlock(channels, genotype=genotype, **kwargs)
+
+
+__all__ = ["ATTENTIONS", "AttentionSpec", "create_attention"]

@@ -1,0 +1,88 @@
+"""Pieces shared by the two squeeze sets: statistic pooling, the two-statistic mixer, covariance pooling.
+
+`axis` names which statistics of a `Features` an op reads: "hw" (over positions, channel squeeze)
+or "c" (over channels, spatial squeeze).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .features import Features, no_autocast
+
+Axis = Literal["hw", "c"]
+
+
+class StatMixer(nn.Module):
+    """ReLU(w0 * a + w1 * b): a 1x1 conv 2 -> 1 without bias over two stacked statistics.
+
+    The two weights are shared by every channel (channel squeeze) or position (spatial squeeze).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(2))
+        # the default init of nn.Conv2d(2, 1, 1): uniform in +-1/sqrt(fan_in)
+        nn.init.uniform_(self.weight, -1 / math.sqrt(2), 1 / math.sqrt(2))
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        w = self.weight
+        return torch.relu(a.to(w.dtype) * w[0] + b.to(w.dtype) * w[1])
+
+
+class Statistic(nn.Module):
+    """A parameter-free statistic of the map (`mean`, `pnorm4`, ...) along `axis`."""
+
+    def __init__(self, channels: int, axis: Axis, stat: str) -> None:
+        super().__init__()
+        self.axis, self.stat = axis, stat
+
+    @no_autocast
+    def forward(self, x: Tensor | Features) -> Tensor:
+        return getattr(getattr(Features.of(x), self.axis), self.stat)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, stat={self.stat}"
+
+
+class MeanAnd(nn.Module):
+    """The mean and a second statistic along `axis`, mixed by a learned 1x1 conv 2 -> 1 and ReLU."""
+
+    def __init__(self, channels: int, axis: Axis, second: str) -> None:
+        super().__init__()
+        self.axis, self.second = axis, second
+        self.mix = StatMixer()
+
+    @no_autocast
+    def forward(self, x: Tensor | Features) -> Tensor:
+        stats = getattr(Features.of(x), self.axis)
+        return self.mix(stats.mean, getattr(stats, self.second))
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, second={self.second}"
+
+
+class CovarianceHead(nn.Module):
+    """Second-order pooling head: covariance of `rows` rows, BatchNorm, row-wise conv, ReLU, 1x1 conv.
+
+    Input (B, R, N): R rows observed at N points. Output (B, out, 1, 1).
+    """
+
+    def __init__(self, rows: int, out: int) -> None:
+        super().__init__()
+        self.rows = rows
+        self.bn = nn.BatchNorm2d(rows)
+        # kernel (R, 1) with groups=R: each row of the covariance matrix becomes one value
+        self.row_conv = nn.Conv2d(rows, rows, (rows, 1), groups=rows)
+        self.proj = nn.Conv2d(rows, out, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        z = z.to(self.proj.weight.dtype)
+        z = z - z.mean(-1, keepdim=True)
+        # (reference) products of the centred rows summed over points, divided by R - 1
+        cov = torch.bmm(z, z.transpose(1, 2)) / max(self.rows - 1, 1)  # (B, R, R)
+        y = self.row_conv(self.bn(cov.unsqueeze(-1)))  # (B, R, R, 1) -> (B, R, 1, 1)
+        return self.proj(torch.relu(y))  # (B, out, 1, 1)

@@ -1,0 +1,144 @@
+"""Float32 statistics of a feature map, computed once and shared by every op that reads them.
+
+Squeeze ops reduce a (B, C, H, W) map to a descriptor: channel squeeze over (H, W), spatial squeeze
+over C. Several candidates need the same statistic (mean, max, ...), and two edges of the cell
+squeeze the same map, so the statistics live on a `Features` object that computes each one the
+first time an op asks for it. A lone op wraps its input in a fresh `Features`; the cell and the
+supernet pass one `Features` to every op that reads the same map.
+
+Statistics are computed in float32 outside autocast: x^4 of 300 is 8.1e9, far beyond float16.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from functools import cached_property
+from typing import Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+F = TypeVar("F", bound=Callable)
+
+
+class Moments:
+    """Lazily computed float32 statistics of a map over `dims`, each kept with size-1 dims."""
+
+    def __init__(self, features: Features, dims: tuple[int, ...]) -> None:
+        self.features = features
+        self.dims = dims
+
+    @property
+    def x(self) -> Tensor:
+        return self.features.x32
+
+    @cached_property
+    def count(self) -> int:
+        return math.prod(self.features.shape[d] for d in self.dims)
+
+    @cached_property
+    def mean(self) -> Tensor:
+        return self.features.reduce_mean(self.dims)
+
+    @cached_property
+    def max(self) -> Tensor:
+        return self.x.amax(self.dims, keepdim=True)
+
+    @cached_property
+    def var(self) -> Tensor:
+        """Biased variance: defined for a single value, where the unbiased one divides by zero."""
+        return self.x.var(self.dims, correction=0, keepdim=True)
+
+    @cached_property
+    def std(self) -> Tensor:
+        # clamp, not +eps: exact wherever var > 0, and a finite (zero) gradient for a constant map
+        return self.var.clamp_min(1e-12).sqrt()
+
+    @cached_property
+    def third_moment(self) -> Tensor:
+        """Third central moment, mean of (x - mean)^3."""
+        return (self.x - self.mean).pow(3).mean(self.dims, keepdim=True)
+
+    @cached_property
+    def pnorm4(self) -> Tensor:
+        """(sum x^4)^(1/4); torch's norm backward gives a zero, not NaN, gradient at an all-zero map."""
+        return self.features.reduce_pnorm4(self.dims)
+
+
+class Features:
+    """A feature map `x` (B, C, H, W), optionally times a per-channel `scale` (B, C, 1, 1).
+
+    The scaled form is s3 = CE_b(s1) * s0 of the cell. Its mean and 4-norm over C are weighted sums
+    of x and x^4, so they are computed without writing the product out; any other statistic
+    materialises it once (`x32`).
+    """
+
+    def __init__(self, x: Tensor, scale: Tensor | None = None) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+        self.base = x
+        self.scale = scale
+        self.hw = Moments(self, (2, 3))  # per channel, over positions: (B, C, 1, 1)
+        self.c = Moments(self, (1,))  # per position, over channels: (B, 1, H, W)
+
+    @classmethod
+    def of(cls, x: Tensor | Features) -> Features:
+        return x if isinstance(x, Features) else cls(x)
+
+    def scaled(self, scale: Tensor) -> Features:
+        """The same map times `scale` (B, C, 1, 1), with statistics of its own."""
+        return Features(self.base, scale)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.base.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @cached_property
+    def base32(self) -> Tensor:
+        return self.base.float()
+
+    @cached_property
+    def x32(self) -> Tensor:
+        """The map itself in float32 (for a scaled map: the product, written out once)."""
+        return self.base32 if self.scale is None else self.base32 * self.scale.float()
+
+    def _scale_rows(self, power: int) -> Tensor:
+        # (B, 1, C): the scale to `power`, laid out for a batched matmul over channels
+        return self.scale.float().flatten(1).pow(power).unsqueeze(1)
+
+    def _weighted_channel_sum(self, values: Tensor, weights: Tensor) -> Tensor:
+        b, c, h, w = values.shape
+        # (B, 1, C) @ (B, C, HW) -> (B, 1, HW): one read of `values`, no product written out
+        return torch.bmm(weights, values.reshape(b, c, h * w)).view(b, 1, h, w)
+
+    def reduce_mean(self, dims: tuple[int, ...]) -> Tensor:
+        if self.scale is None or dims != (1,):
+            return self.x32.mean(dims, keepdim=True)
+        return self._weighted_channel_sum(self.base32, self._scale_rows(1)) / self.shape[1]
+
+    def reduce_pnorm4(self, dims: tuple[int, ...]) -> Tensor:
+        if self.scale is None or dims != (1,):
+            return torch.linalg.vector_norm(self.x32, 4, dims, keepdim=True)
+        fourth = self._weighted_channel_sum(self.base32.pow(4), self._scale_rows(4))
+        # the 1/4 power has an infinite slope at 0: route zero columns around it (value 0, gradient 0)
+        nonzero = fourth > 0
+        return torch.where(nonzero, torch.where(nonzero, fourth, 1.0).pow(0.25), 0.0)
+
+
+def no_autocast(forward: F) -> F:
+    """Run a forward outside autocast, so statistics and the small learned layers stay in their own dtype."""
+
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, x, *args, **kwargs):
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return forward(self, x, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return forward(self, x, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+

@@ -1,0 +1,63 @@
+"""Spatial excitation: (B, 1, H, W) -> (B, 1, H, W), a weight per position (SPEC §1.4)."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .features import no_autocast
+
+
+def _conv(kernel: tuple[int, int]) -> nn.Conv2d:
+    """A one-channel conv without bias, padded to keep H and W."""
+    return nn.Conv2d(1, 1, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
+
+
+class ConvGate(nn.Module):
+    """Stacked one-channel convs (ReLU between stacked square ones), then sigmoid.
+
+    `separable` makes it a 1xk conv followed by a kx1 conv, with nothing between them.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, depth: int = 1, separable: bool = False) -> None:
+        super().__init__()
+        k = kernel_size
+        layers: list[nn.Module] = []
+        if separable:
+            layers = [_conv((1, k)), _conv((k, 1))]
+        else:
+            for i in range(depth):
+                if i:
+                    layers.append(nn.ReLU())
+                layers.append(_conv((k, k)))
+        self.convs = nn.Sequential(*layers)
+
+    @no_autocast
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.convs(x.to(self.convs[0].weight.dtype)))
+
+
+class SpatialAffine(nn.Module):
+    """sigmoid(a * x + b). (fix) Scalar a (init 1) and b (init 0), not per-position maps, so any H, W works."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @no_autocast
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(torch.addcmul(self.bias, x.to(self.weight.dtype), self.weight))
+
+
+SPATIAL_EXCITATION: dict[str, Callable[[int], nn.Module]] = {
+    "sep_3": partial(ConvGate, kernel_size=3, separable=True),
+    "sep_5": partial(ConvGate, kernel_size=5, separable=True),
+    "conv_3": partial(ConvGate, kernel_size=3),
+    "conv_5": partial(ConvGate, kernel_size=5),
+    "conv_7": partial(ConvGate, kernel_size=7),
+    "conv_3x2": partial(ConvGate, kernel_size=3, depth=2),
+    "affine": SpatialAffine,
+}

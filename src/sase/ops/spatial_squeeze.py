@@ -1,0 +1,70 @@
+"""Spatial squeeze: (B, C, H, W) -> (B, 1, H, W), one descriptor per position (SPEC §1.3).
+
+The ideas of the channel squeeze, applied along the channel axis. Each op takes a tensor or a
+shared `Features` and reads its statistics over C.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import CovarianceHead, MeanAnd, Statistic
+from .features import Features, no_autocast
+
+
+class L2(nn.Module):
+    """Normalise each channel over (H, W) with a per-channel affine, then sqrt of the sum over C of x^2.
+
+    (fix) The reference normalised with LayerNorm((H, W)) and a per-position affine, tying the op to
+    one input size; a per-channel scale and shift works at any size.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    @no_autocast
+    def forward(self, x: Tensor | Features) -> Tensor:
+        features = Features.of(x)
+        stats = features.hw
+        # y = gamma * (x - mean) / sqrt(var + eps) + beta, folded into one scale and shift per channel
+        scale = self.weight.float().view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
+        shift = self.bias.float().view(1, -1, 1, 1) - scale * stats.mean
+        y = torch.addcmul(shift, features.x32, scale)
+        return torch.linalg.vector_norm(y, 2, 1, keepdim=True).to(self.weight.dtype)
+
+
+class Cov(nn.Module):
+    """Covariance between the 64 positions of the map pooled to 8x8, over channels, resized back."""
+
+    grid = 8
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        n = self.grid * self.grid
+        self.head = CovarianceHead(n, n)
+
+    @no_autocast
+    def forward(self, x: Tensor | Features) -> Tensor:
+        x = Features.of(x).x32
+        b, c, h, w = x.shape
+        z = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, 64, C)
+        y = self.head(z).view(b, 1, self.grid, self.grid)  # (B, 64, 1, 1) -> (B, 1, 8, 8)
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+
+
+SPATIAL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {
+    "gap": partial(Statistic, axis="c", stat="mean"),
+    "l2": L2,
+    "pnorm": partial(Statistic, axis="c", stat="pnorm4"),
+    "gap_gmp": partial(MeanAnd, axis="c", second="max"),
+    "gap_std": partial(MeanAnd, axis="c", second="std"),
+    "gap_skew": partial(MeanAnd, axis="c", second="third_moment"),
+    "cov": Cov,
+}

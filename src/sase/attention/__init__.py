@@ -18,6 +18,11 @@ from torch import nn
 
 from ..block import SASEBlock
 from ..genotype import Genotype, GenotypeError
+from .fca import FCA
+from .gct import GCT
+from .gsop import GSoP
+from .simam import SimAM
+from .srm import SRM
 
 AttentionFactory = Callable[..., nn.Module]
 AttentionSpec = Union[str, Genotype, Mapping, AttentionFactory, None]
@@ -32,6 +37,11 @@ ATTENTIONS: dict[str, AttentionFactory] = {
     "se": SEModule,
     "eca": EcaModule,
     "cbam": CbamModule,
+    "srm": SRM,
+    "gct": GCT,
+    "fca": FCA,
+    "gsop": GSoP,
+    "simam": SimAM,
     "sase": partial(SASEBlock, genotype="paper"),
 }
 

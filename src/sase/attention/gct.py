@@ -1,0 +1,44 @@
+"""GCT, gated channel transformation (Yang et al., "Gated Channel Transformation for Visual
+Recognition", CVPR 2020)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.features import no_autocast
+
+
+class GCT(nn.Module):
+    """X * (1 + tanh(g_c * s_hat_c + b_c)), with s_c = a_c * sqrt(sum_{H,W} x^2 + eps) and
+    s_hat_c = sqrt(C) * s_c / sqrt(sum_c s_c^2 + eps).
+
+    a starts at 1, g and b at 0, so the module starts as the identity.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        shape = (1, channels, 1, 1)
+        self.alpha = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+        self.gamma = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+
+    @no_autocast
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        # float32: sum x^2 over a 56x56 map of values near 300 is ~3e8, past float16's 65504
+        sq = x.float().pow(2).sum((2, 3), keepdim=True)  # (B, C, H, W) -> (B, C, 1, 1)
+        # eps inside both square roots: finite values and gradients for an all-zero map
+        s = self.alpha.float() * (sq + self.eps).sqrt()
+        s_hat = math.sqrt(c) * s / (s.pow(2).sum(1, keepdim=True) + self.eps).sqrt()
+        gate = 1.0 + torch.tanh(self.gamma.float() * s_hat + self.beta.float())
+        return x * gate.to(x.dtype)

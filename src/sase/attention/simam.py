@@ -1,0 +1,40 @@
+"""SimAM, a parameter-free attention from an energy function (Yang et al., "SimAM: A Simple,
+Parameter-Free Attention Module for Convolutional Neural Networks", ICML 2021)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.features import no_autocast
+
+
+class SimAM(nn.Module):
+    """X * sigmoid(E), E = d / (4 (v + lambda)) + 0.5, d = (x - mu)^2, v = sum_{H,W} d / (H W - 1).
+
+    `channels`, `device` and `dtype` are accepted for the common signature; there are no parameters.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        e_lambda: float = 1e-4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.e_lambda = e_lambda
+
+    @no_autocast
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[2:]
+        # max(., 1): at 1x1 the paper's H*W - 1 is 0 (d is 0 there too, so E = 0.5)
+        n = max(h * w - 1, 1)
+        x32 = x.float()
+        d = (x32 - x32.mean((2, 3), keepdim=True)).pow(2)
+        v = d.sum((2, 3), keepdim=True) / n  # (B, C, H, W) -> (B, C, 1, 1)
+        energy = d / (4 * (v + self.e_lambda)) + 0.5
+        return x * torch.sigmoid(energy).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"e_lambda={self.e_lambda}"

@@ -7,7 +7,8 @@
 from .block import SASEBlock
 from .cell import EDGE_NAMES, EDGES, Cell
 from .genotype import Genotype, GenotypeError
+from .models import MODELS, create_model
 from .ops import OPS
 
-__all__ = ["OPS", "EDGES", "EDGE_NAMES", "Cell", "Genotype", "GenotypeError", "SASEBlock"]
+__all__ = ["OPS", "EDGES", "EDGE_NAMES", "Cell", "Genotype", "GenotypeError", "SASEBlock", "MODELS", "create_model"]
 __version__ = "0.1.0"

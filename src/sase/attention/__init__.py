@@ -34,7 +34,7 @@ def _identity(channels: int, **_: Any) -> nn.Module:
 
 ATTENTIONS: dict[str, AttentionFactory] = {
     "none": _identity,
-    "se": SEModule,
+    "se": partial(SEModule, rd_divisor=1),  # SPEC §7: C -> C/16, not rounded up to a multiple of 8
     "eca": EcaModule,
     "cbam": CbamModule,
     "srm": SRM,

@@ -1,0 +1,123 @@
+"""The architect: one α step of DARTS' bi-level optimisation (SPEC §3), first or second order.
+
+Second order follows DARTS (Liu et al., ICLR 2019): a virtual step
+    w' = w - ξ (∇w L_train(w, α) + momentum * buffer + weight_decay * w)
+then  ∇α L_val(w', α) - ξ ∇²_{α,w} L_train(w, α) · v,  v = ∇w' L_val(w', α),
+the Hessian-vector product by a central finite difference (`order=2`) or by double backward
+(`order="exact"`). Every loss is evaluated with `torch.func.functional_call` on a dict of tensors:
+no second copy of the network, and the network's own weights and buffers are never written.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from .supernet import Supernet
+
+Order = Literal[1, 2, "exact"]
+Batch = tuple[Tensor, Tensor]
+ORDERS: dict[str, Order] = {"1": 1, "2": 2, "exact": "exact"}
+
+
+class Architect:
+    """Updates α of a `Supernet` with Adam on the validation loss (SPEC §3 optimiser settings)."""
+
+    def __init__(
+        self,
+        model: Supernet,
+        w_optimizer: torch.optim.SGD,
+        order: Order = 2,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        weight_decay: float = 1e-3,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    ) -> None:
+        if order not in (1, 2, "exact"):
+            raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
+        self.model, self.w_optimizer, self.order, self.loss_fn = model, w_optimizer, order, loss_fn
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:
+        """One α step; returns the validation loss it measured. ξ defaults to the weights' current lr."""
+        self.optimizer.zero_grad(set_to_none=True)
+        grad, loss = self.alpha_gradient(train_batch, val_batch, xi)
+        self.model.alpha.grad = grad
+        self.optimizer.step()
+        return loss
+
+    def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, float]:
+        """(∇α of the chosen order, validation loss), without stepping anything."""
+        xi = self.w_optimizer.param_groups[0]["lr"] if xi is None else xi
+        weights = {n: p.detach() for n, p in self.model.named_weight_parameters()}
+        alpha = self.model.alpha.detach().requires_grad_()
+        if self.order == 1:
+            loss = self.loss({**weights, "alpha": alpha}, val_batch)
+            return torch.autograd.grad(loss, alpha)[0], loss.item()
+
+        virtual = self.virtual_step(weights, alpha, train_batch, xi)
+        loss = self.loss({**virtual, "alpha": alpha}, val_batch)
+        grads = torch.autograd.grad(loss, [alpha, *virtual.values()])
+        dalpha, v = grads[0], dict(zip(virtual, grads[1:]))
+        hvp = self.hessian_vector_fd(weights, alpha, v, train_batch) if self.order == 2 else \
+            self.hessian_vector_exact(weights, alpha, v, train_batch)
+        return dalpha - xi * hvp, loss.item()
+
+    def virtual_step(self, weights: dict[str, Tensor], alpha: Tensor, batch: Batch, xi: float) -> dict[str, Tensor]:
+        """w' = w - ξ (∇w L_train + momentum * buffer + weight_decay * w), as leaves that require grad."""
+        params = {n: w.requires_grad_() for n, w in _fresh(weights).items()}
+        loss = self.loss({**params, "alpha": alpha.detach()}, batch)
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        group = self.w_optimizer.param_groups[0]
+        momentum, decay = group["momentum"], group["weight_decay"]
+        by_name = dict(self.model.named_weight_parameters())
+        virtual = {}
+        for (name, w), g in zip(weights.items(), grads):
+            step = torch.zeros_like(w) if g is None else g.clone()
+            step.add_(w, alpha=decay)
+            buf = self.w_optimizer.state.get(by_name[name], {}).get("momentum_buffer")
+            if buf is not None:
+                step.add_(buf, alpha=momentum)
+            virtual[name] = (w - xi * step).requires_grad_()
+        return virtual
+
+    def hessian_vector_fd(self, weights: dict[str, Tensor], alpha: Tensor, v: dict[str, Tensor],
+                          batch: Batch) -> Tensor:
+        """∇²_{α,w} L_train · v by a central difference, ε = 0.01 / ‖v‖."""
+        eps = 0.01 / torch.sqrt(sum(t.square().sum() for t in v.values())).clamp_min(1e-12)
+        grads = []
+        for sign in (1.0, -1.0):
+            shifted = {n: w + sign * eps * v[n] for n, w in weights.items()}
+            loss = self.loss({**shifted, "alpha": alpha}, batch)
+            grads.append(torch.autograd.grad(loss, alpha)[0])
+        return (grads[0] - grads[1]) / (2 * eps)
+
+    def hessian_vector_exact(self, weights: dict[str, Tensor], alpha: Tensor, v: dict[str, Tensor],
+                             batch: Batch) -> Tensor:
+        """∇α (∇w L_train · v) by double backward."""
+        params = {n: w.requires_grad_() for n, w in _fresh(weights).items()}
+        loss = self.loss({**params, "alpha": alpha}, batch)
+        gw = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
+        dot = sum((g * v[n]).sum() for n, g in zip(params, gw) if g is not None)
+        return torch.autograd.grad(dot, alpha)[0]
+
+    def loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
+        """The loss of the network at `params`. BatchNorm statistics go to copies of the buffers."""
+        x, y = batch
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        return self.loss_fn(functional_call(self.model, (params, buffers), (x,)), y)
+
+    # -- checkpointing: α's Adam state
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+def _fresh(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached aliases of the weights, so marking them as requiring grad leaves the model's own untouched."""
+    return {n: w.detach() for n, w in weights.items()}

@@ -1,0 +1,251 @@
+"""The search loop: alternate α and w steps over a seeded half/half split, checkpoint, log, resume.
+
+    search = Search(SearchConfig(epochs=2))
+    result = search.run()          # -> SearchResult(genotype, out, ...)
+
+A run folder holds config.json, genotype.json, history.csv, checkpoint.pt and two α plots. A run
+resumed from its checkpoint (`Search(config, resume=True)`) ends exactly where an uninterrupted
+one would: model, α, both optimisers, the schedule, RNG state, the split and the position in the
+epoch are all restored, and the data order is a function of (seed, epoch, position).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ..data import build_dataset
+from ..genotype import Genotype
+from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..utils.sampling import SeededBatches, SeededSamples, split_indices
+from .architect import ORDERS, Architect
+from .config import SearchConfig
+from .report import alpha_summary, append_csv, plot_alpha_evolution, plot_alpha_heatmap, read_csv
+from .supernet import Supernet
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class SearchDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    genotypes: list[Genotype]  # one per α group
+    widths: list[int]  # the block width of each group (all widths, when α is shared)
+    out: Path
+    val_acc: float
+    seconds: float
+
+
+class Search:
+    """A search run in `config.out`, fresh or resumed from its checkpoint."""
+
+    def __init__(self, config: SearchConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        self.out = Path(config.out)
+        torch.manual_seed(config.seed)
+        self.train_set, self.spec = build_dataset(config.dataset, config.data, train=True, augment=True,
+                                                  image_size=config.image_size, download=config.download)
+        self.eval_set, _ = build_dataset(config.dataset, config.data, train=True, augment=False,
+                                         image_size=config.image_size)
+        self.fit_idx, self.val_idx = split_indices(len(self.train_set), config.train_portion, config.seed)
+        self.model = Supernet(config.backbone, num_classes=self.spec.num_classes, per_stage=config.per_stage)
+        self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
+        self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=config.arch_lr,
+                                   betas=(config.arch_beta1, config.arch_beta2),
+                                   weight_decay=config.arch_weight_decay)
+        self.fit_batches = self._batches(self.fit_idx, config.seed)
+        self.val_batches = self._batches(self.val_idx, config.seed + 1)
+        self.epoch, self.step, self.totals = 0, 0, _zero_totals()
+        if resume:
+            self._load()
+        else:
+            self._start_folder()
+
+    # -- data
+    def _batches(self, indices: list[int], seed: int) -> tuple[SeededBatches, DataLoader]:
+        sampler = SeededBatches(indices, self.config.batch_size, seed)
+        loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
+                            num_workers=self.config.workers, persistent_workers=self.config.workers > 0)
+        return sampler, loader
+
+    def steps_per_epoch(self) -> int:
+        steps = min(self.fit_batches[0].batches(), self.val_batches[0].batches())
+        return steps if self.config.steps_per_epoch is None else min(steps, self.config.steps_per_epoch)
+
+    # -- the run
+    def run(self) -> SearchResult:
+        start = time.perf_counter()
+        for epoch in range(self.epoch, self.config.epochs):
+            self._train_epoch(epoch)
+            val_loss, val_acc = self.evaluate()
+            self._end_epoch(epoch, val_loss, val_acc)
+        return self._finish(time.perf_counter() - start)
+
+    def _train_epoch(self, epoch: int) -> None:
+        steps = self.steps_per_epoch()
+        for sampler, _ in (self.fit_batches, self.val_batches):
+            sampler.set_epoch(epoch, self.step)
+        # one iterator per split for the whole epoch (never a fresh iter() per step)
+        fit_iter, val_iter = iter(self.fit_batches[1]), iter(self.val_batches[1])
+        bar = tqdm(total=steps, initial=self.step, desc=f"search {epoch + 1}/{self.config.epochs}",
+                   disable=not self.progress, leave=False)
+        search_alpha = epoch >= self.config.warmup_epochs
+        while self.step < steps:
+            train_batch, val_batch = next(fit_iter), next(val_iter)
+            if search_alpha:
+                val_loss = self.architect.step(train_batch, val_batch, xi=self.scheduler.get_last_lr()[0])
+                self._check_finite(val_loss, "validation", epoch)
+            loss, correct = self._weight_step(train_batch)
+            self._check_finite(loss, "training", epoch)
+            t = self.totals
+            t["loss"] += loss * len(train_batch[1])
+            t["correct"] += correct
+            t["seen"] += len(train_batch[1])
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{t['loss'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}")
+            if self.step % self.config.checkpoint_every == 0 and self.step < steps:
+                self._save()
+        bar.close()
+
+    def _weight_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, int]:
+        x, y = batch
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.model.alpha.grad = None  # α moves only in the architect's step
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
+        if math.isfinite(loss.item()):
+            self.optimizer.step()
+        return loss.item(), int((logits.argmax(1) == y).sum())
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Loss and accuracy of the supernet on the α half, without augmentation."""
+        self.model.eval()
+        loader = DataLoader(Subset(self.eval_set, self.val_idx), batch_size=2 * self.config.batch_size,
+                            num_workers=self.config.workers)
+        loss = correct = seen = 0
+        for x, y in loader:
+            logits = self.model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        self.model.train()
+        return loss / seen, correct / seen
+
+    def _check_finite(self, loss: float, which: str, epoch: int) -> None:
+        if not math.isfinite(loss):
+            where = self.out / CHECKPOINT
+            kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
+            raise SearchDiverged(f"the {which} loss became {loss} at epoch {epoch + 1}, step {self.step + 1}; "
+                                 f"stopped, {kept}. Try a lower --lr or a smaller --grad-clip.")
+
+    def _end_epoch(self, epoch: int, val_loss: float, val_acc: float) -> None:
+        t = self.totals
+        row = {"epoch": epoch + 1, "lr": round(self.scheduler.get_last_lr()[0], 8),
+               "train_loss": round(t["loss"] / max(t["seen"], 1), 6),
+               "train_acc": round(t["correct"] / max(t["seen"], 1), 6),
+               "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
+               "genotype": self.model.genotype().to_json(indent=None)}
+        row.update(alpha_summary(self.model))
+        append_csv(self.out / "history.csv", row)
+        self.scheduler.step()
+        self.epoch, self.step, self.totals = epoch + 1, 0, _zero_totals()
+        self._write_genotypes()
+        self._save()
+
+    def _finish(self, seconds: float) -> SearchResult:
+        self._write_genotypes()
+        plot_alpha_heatmap(self.model.alpha, self.out / "alpha_heatmap.png", self.model.stage_widths)
+        rows = read_csv(self.out / "history.csv")
+        plot_alpha_evolution(rows, self.out / "alpha_evolution.png")
+        val_acc = float(rows[-1]["val_acc"]) if rows else float("nan")
+        return SearchResult(self.model.genotype(), self.model.genotypes(), self.model.stage_widths, self.out, val_acc,
+                            seconds)
+
+    def _write_genotypes(self) -> None:
+        self.model.genotype().to_json(self.out / "genotype.json")
+        if self.config.per_stage:
+            per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, self.model.genotypes())}
+            (self.out / "genotypes_per_stage.json").write_text(json.dumps(per_stage, indent=2) + "\n")
+
+    # -- folder and checkpoint
+    def _start_folder(self) -> None:
+        if (self.out / CHECKPOINT).exists():
+            raise FileExistsError(f"{self.out} already holds a search; resume it with --resume or pick another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "history.csv").unlink(missing_ok=True)
+        (self.out / "config.json").write_text(self.config.to_json() + "\n")
+
+    def _save(self) -> None:
+        save_atomic({
+            "config": asdict(self.config), "epoch": self.epoch, "step": self.step,
+            "totals": dict(self.totals), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "architect": self.architect.state_dict(), "rng": rng_state(),
+            "history_rows": self._history_rows(),
+        }, self.out / CHECKPOINT)
+
+    def _history_rows(self) -> int:
+        path = self.out / "history.csv"
+        return len(read_csv(path)) if path.exists() else 0
+
+    def _load(self) -> None:
+        state = load_checkpoint(self.out / CHECKPOINT)
+        saved = SearchConfig.from_dict(state["config"])
+        if _search_defining(saved) != _search_defining(self.config):
+            raise ValueError(f"{self.out} was searched with other settings; resume with the saved "
+                             f"config ({self.out / 'config.json'}) or start a new --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.architect.load_state_dict(state["architect"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.totals = state["epoch"], state["step"], state["totals"]
+        _truncate_csv(self.out / "history.csv", state["history_rows"])
+
+
+def _search_defining(config: SearchConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the saved one (where output goes and speed knobs excepted)."""
+    d = asdict(config)
+    for key in ("out", "workers", "checkpoint_every", "download"):
+        d.pop(key)
+    return d
+
+
+def _truncate_csv(path: Path, rows: int) -> None:
+    """Drop rows logged after the checkpoint (a crash between the log and the save)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: rows + 1]) if rows else "")
+
+
+def _zero_totals() -> dict[str, float]:
+    return {"loss": 0.0, "correct": 0, "seen": 0}
+
+
+def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
+    """Run (or resume) a search and return its result."""
+    return Search(config, resume=resume, progress=progress).run()
+
+
+__all__ = ["Search", "SearchDiverged", "SearchResult", "run_search"]

@@ -1,0 +1,101 @@
+"""What a search shows: per-epoch statistics of α, the CSV log, and the α plots."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..cell import EDGES
+from ..ops import OPS
+from .supernet import Supernet, derive_genotype, parameter_free
+
+
+def alpha_summary(model: Supernet) -> dict[str, Any]:
+    """softmax(α) per edge, its entropy, and the share of parameter-free winners, flat for the CSV."""
+    probs = torch.softmax(model.alpha.detach(), -1)  # (G, 6, K)
+    row: dict[str, Any] = {}
+    winners_free = []
+    for g, group in enumerate(probs):
+        genotype = derive_genotype(model.alpha.detach()[g])
+        for e, (edge, p) in enumerate(zip(EDGES, group)):
+            prefix = f"g{g}/{edge.name}" if len(probs) > 1 else edge.name
+            row[f"entropy/{prefix}"] = round(float(-(p * p.clamp_min(1e-12).log()).sum()), 6)
+            for name, value in zip(OPS[edge.op_set], p.tolist()):
+                row[f"alpha/{prefix}/{name}"] = round(value, 6)
+            winners_free.append(parameter_free(edge.op_set, genotype.ops[e]))
+    row["param_free_share"] = round(sum(winners_free) / len(winners_free), 4)
+    return row
+
+
+def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Append a row, writing the header first when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def plot_alpha_heatmap(alpha: Tensor, path: Path, widths: Sequence[int] | None = None) -> None:
+    """softmax(α) per edge as a heatmap: one panel per edge, one row per α group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = torch.softmax(alpha.detach().float(), -1).numpy()  # (G, 6, K)
+    rows, cols = _grid(len(EDGES))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 1.2 + 0.45 * len(probs) * rows + 1.2 * rows),
+                             squeeze=False)
+    for ax, (e, edge) in zip(axes.flat, enumerate(EDGES)):
+        im = ax.imshow(probs[:, e, :], vmin=0, vmax=probs.max(), cmap="viridis", aspect="auto")
+        names = list(OPS[edge.op_set])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        labels = [f"width {w}" for w in widths] if widths and len(widths) == len(probs) else ["shared"]
+        ax.set_yticks(range(len(probs)), labels[: len(probs)], fontsize=8)
+        ax.set_title(f"{e}: {edge.name}", fontsize=9)
+        for g in range(len(probs)):
+            best = probs[g, e].argmax()
+            ax.text(best, g, "*", ha="center", va="center", color="white", fontsize=12)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="softmax(α)")
+    fig.suptitle("α per edge at the end of the search (* = chosen)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_alpha_evolution(rows: list[dict[str, str]], path: Path) -> None:
+    """softmax(α) of every candidate over epochs, one panel per edge (group 0 when α is per stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in rows]
+    n_rows, cols = _grid(len(EDGES))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.0 * n_rows), squeeze=False)
+    for ax, edge in zip(axes.flat, EDGES):
+        prefix = edge.name if f"alpha/{edge.name}/{next(iter(OPS[edge.op_set]))}" in rows[0] else f"g0/{edge.name}"
+        for name in OPS[edge.op_set]:
+            ax.plot(epochs, [float(r[f"alpha/{prefix}/{name}"]) for r in rows], marker="o", ms=3, label=name)
+        ax.set_title(edge.name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("softmax(α) over the search")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""The supernet: any backbone with an attention hook, with a mixed op on every edge of every cell.
+
+Mixed ops are built through the same hook and the same `Cell` wiring as the fixed block; only what
+sits on an edge differs. The architecture parameters α (groups, 6 edges, 7 candidates) live on the
+`Supernet` itself, registered apart from the weights: one group shared by every cell (SPEC §3), or
+with `per_stage=True` one group per stage, a stage being every block of one width.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cell import EDGES, Cell
+from ..genotype import Genotype
+from ..models import MODELS, create_model
+from ..ops import OPS, Features
+
+NUM_CANDIDATES = len(next(iter(OPS.values())))
+assert all(len(r) == NUM_CANDIDATES for r in OPS.values()), "α is a dense (edges x candidates) array"
+
+
+class EdgeWeights:
+    """softmax(α), worked out once per forward by the supernet and read by every mixed op."""
+
+    value: Tensor | None = None
+
+
+class MixedOp(nn.Module):
+    """softmax(α_edge)-weighted sum of every candidate of one operation set (DARTS' mixed op)."""
+
+    def __init__(self, op_set: str, channels: int, weights: EdgeWeights, group: int, edge: int) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(factory(channels) for factory in OPS[op_set].values())
+        self.weights, self.group, self.edge = weights, group, edge
+
+    def forward(self, x: Tensor | Features) -> Tensor:
+        if self.weights.value is None:
+            raise RuntimeError("a mixed op runs inside a Supernet's forward, which sets its weights")
+        w = self.weights.value[self.group, self.edge]  # (K,)
+        # squeeze candidates share one Features, so each statistic of x is computed once per edge
+        outs = torch.stack([op(x) for op in self.ops])  # (K, B, C or 1, H or 1, W or 1)
+        return torch.tensordot(w.to(outs.dtype), outs, dims=1)
+
+
+class Supernet(nn.Module):
+    """A backbone whose every attention slot holds a searchable cell.
+
+    `backbone` is a name of `sase.models.MODELS` or "timm/<name>" for a timm ResNet-family model.
+    """
+
+    def __init__(self, backbone: str = "resnet20", num_classes: int | None = None, per_stage: bool = False,
+                 **backbone_kwargs: Any) -> None:
+        super().__init__()
+        self.backbone_name, self.per_stage = backbone, per_stage
+        self._edge_weights = EdgeWeights()
+        self._groups: dict[int, int] = {}  # block width -> α group
+        self.net = build_backbone(backbone, self._make_cell, num_classes, **backbone_kwargs)
+        if not self._groups:
+            raise ValueError(f"backbone {backbone!r} took no attention block: nothing to search")
+        self.alpha = nn.Parameter(1e-3 * torch.randn(len(self._groups) if per_stage else 1, len(EDGES),
+                                                     NUM_CANDIDATES))
+
+    def _make_cell(self, channels: int, device: Any = None, dtype: Any = None, **_: Any) -> Cell:
+        group = self._groups.setdefault(channels, len(self._groups))
+        group = group if self.per_stage else 0
+        edges = [MixedOp(e.op_set, channels, self._edge_weights, group, i) for i, e in enumerate(EDGES)]
+        # (SPEC §2) the merge BatchNorm is not affine while searching
+        return Cell(edges, affine=False).to(device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._edge_weights.value = F.softmax(self.alpha, dim=-1)
+        try:
+            return self.net(x)
+        finally:
+            self._edge_weights.value = None  # no graph kept alive between forwards
+
+    # -- parameters, kept apart
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if n != "alpha")
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    # -- derivation
+    def genotypes(self) -> list[Genotype]:
+        """The argmax candidate of each edge, one genotype per α group."""
+        return [derive_genotype(a) for a in self.alpha.detach()]
+
+    def genotype(self) -> Genotype:
+        """The derived genotype; with per-stage α, that of the group with the most confident choices."""
+        if len(self.alpha) == 1:
+            return self.genotypes()[0]
+        confidence = F.softmax(self.alpha.detach(), -1).amax(-1).sum(-1)  # (groups,)
+        return self.genotypes()[int(confidence.argmax())]
+
+    @property
+    def stage_widths(self) -> list[int]:
+        """The block width each α group stands for (all widths in one group when α is shared)."""
+        return list(self._groups)
+
+
+def derive_genotype(alpha: Tensor) -> Genotype:
+    """Per-edge argmax of α (6, K) -> Genotype."""
+    names = [list(OPS[e.op_set]) for e in EDGES]
+    return Genotype(tuple(n[int(i)] for n, i in zip(names, alpha.argmax(-1))))
+
+
+def build_backbone(name: str, attention: Callable[..., nn.Module], num_classes: int | None,
+                   **kwargs: Any) -> nn.Module:
+    """A backbone of ours by name, or "timm/<name>" through timm's `attn_layer` block hook."""
+    if name.startswith("timm/"):
+        extra = {} if num_classes is None else {"num_classes": num_classes}
+        return timm.create_model(name[5:], pretrained=False, block_args=dict(attn_layer=attention), **extra, **kwargs)
+    if name not in MODELS:
+        raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(MODELS)}, or timm/<resnet name>")
+    return create_model(name, attention=attention, num_classes=num_classes, **kwargs)
+
+
+def parameter_free(op_set: str, name: str) -> bool:
+    """Whether a candidate has no learned parameters (the ops DARTS tends to collapse onto)."""
+    return _PARAMETER_FREE[(op_set, name)]
+
+
+_PARAMETER_FREE = {(s, n): not any(True for _ in f(8).parameters()) for s, r in OPS.items() for n, f in r.items()}

@@ -1,0 +1,1 @@
+"""Small pieces shared by the search and training loops."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..ops.features import no_autocast
+from ..ops.features import no_autocast, wide
 
 GRID = 7  # the DCT grid: the input is pooled to 7x7 first, so any size works
 # FcaNet's get_freq_indices('top16'): (u along H, v along W) on the 7x7 grid, best first
@@ -59,8 +59,8 @@ class FCA(nn.Module):
 
     @no_autocast
     def forward(self, x: Tensor) -> Tensor:
-        pooled = F.adaptive_avg_pool2d(x.float(), GRID)  # (B, C, H, W) -> (B, C, 7, 7)
-        y = (pooled * self.weight.float()).sum((2, 3))  # -> (B, C): one DCT coefficient per channel
+        pooled = F.adaptive_avg_pool2d(wide(x), GRID)  # (B, C, H, W) -> (B, C, 7, 7)
+        y = (pooled * wide(self.weight)).sum((2, 3))  # -> (B, C): one DCT coefficient per channel
         fc = self.fc[0].weight
         gate = torch.sigmoid(self.fc(y.to(fc.dtype)))[:, :, None, None]  # (B, C) -> (B, C, 1, 1)
         return x * gate.to(x.dtype)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.features import no_autocast
+from ..ops.features import no_autocast, wide
 
 
 class GCT(nn.Module):
@@ -36,9 +36,9 @@ class GCT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]
         # float32: sum x^2 over a 56x56 map of values near 300 is ~3e8, past float16's 65504
-        sq = x.float().pow(2).sum((2, 3), keepdim=True)  # (B, C, H, W) -> (B, C, 1, 1)
+        sq = wide(x).pow(2).sum((2, 3), keepdim=True)  # (B, C, H, W) -> (B, C, 1, 1)
         # eps inside both square roots: finite values and gradients for an all-zero map
-        s = self.alpha.float() * (sq + self.eps).sqrt()
+        s = wide(self.alpha) * (sq + self.eps).sqrt()
         s_hat = math.sqrt(c) * s / (s.pow(2).sum(1, keepdim=True) + self.eps).sqrt()
-        gate = 1.0 + torch.tanh(self.gamma.float() * s_hat + self.beta.float())
+        gate = 1.0 + torch.tanh(wide(self.gamma) * s_hat + wide(self.beta))
         return x * gate.to(x.dtype)

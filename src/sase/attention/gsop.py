@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.features import no_autocast
+from ..ops.features import no_autocast, wide
 
 
 def covariance(x: Tensor) -> Tensor:
@@ -44,7 +44,7 @@ class GSoP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z = self.reduce(x.to(self.reduce[0].weight.dtype))  # (B, C, H, W) -> (B, D, H, W)
         # float32: a sum of squares over positions, the statistic that overflows float16 first
-        cov = covariance(z.float()).to(self.row_conv.weight.dtype)
+        cov = covariance(wide(z)).to(self.row_conv.weight.dtype)
         cov = cov.unsqueeze(3)  # (B, D, D) -> (B, D, D, 1): row i is channel i, spanning the height
         y = torch.relu(self.row_conv(cov))  # -> (B, 4D, 1, 1)
         gate = torch.sigmoid(self.fc(y))  # -> (B, C, 1, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.features import no_autocast
+from ..ops.features import no_autocast, wide
 
 
 class SRM(nn.Module):
@@ -30,7 +30,7 @@ class SRM(nn.Module):
 
     def style_pool(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, 2): per-channel mean and std over positions, in float32."""
-        x32 = x.float().flatten(2)  # (B, C, HW)
+        x32 = wide(x).flatten(2)  # (B, C, HW)
         # biased variance: defined at a single position; + eps keeps sqrt's gradient finite at 0
         var = x32.var(2, correction=0)
         return torch.stack((x32.mean(2), (var + self.eps).sqrt()), dim=2)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import CovarianceHead, MeanAnd, Statistic
-from .features import Features, no_autocast
+from .features import Features, no_autocast, wide
 
 
 class L2(nn.Module):
@@ -32,8 +32,8 @@ class L2(nn.Module):
     @no_autocast
     def forward(self, x: Tensor | Features) -> Tensor:
         stats = Features.of(x).hw
-        gamma = self.weight.float().view(1, -1, 1, 1)
-        beta = self.bias.float().view(1, -1, 1, 1)
+        gamma = wide(self.weight).view(1, -1, 1, 1)
+        beta = wide(self.bias).view(1, -1, 1, 1)
         energy = stats.count * (gamma.square() * stats.var / (stats.var + self.eps) + beta.square())
         # clamp: sqrt's slope is infinite at 0 (beta = 0 and a constant channel)
         return energy.clamp_min(1e-12).sqrt().to(self.weight.dtype)

@@ -6,7 +6,7 @@ squeeze the same map, so the statistics live on a `Features` object that compute
 first time an op asks for it. A lone op wraps its input in a fresh `Features`; the cell and the
 supernet pass one `Features` to every op that reads the same map.
 
-Statistics are computed in float32 outside autocast: x^4 of 300 is 8.1e9, far beyond float16.
+Statistics are computed in float32 (float64 for a float64 map) outside autocast: x^4 of 300 is 8.1e9, far beyond float16.
 """
 from __future__ import annotations
 
@@ -99,16 +99,16 @@ class Features:
 
     @cached_property
     def base32(self) -> Tensor:
-        return self.base.float()
+        return wide(self.base)
 
     @cached_property
     def x32(self) -> Tensor:
         """The map itself in float32 (for a scaled map: the product, written out once)."""
-        return self.base32 if self.scale is None else self.base32 * self.scale.float()
+        return self.base32 if self.scale is None else self.base32 * wide(self.scale)
 
     def _scale_rows(self, power: int) -> Tensor:
         # (B, 1, C): the scale to `power`, laid out for a batched matmul over channels
-        return self.scale.float().flatten(1).pow(power).unsqueeze(1)
+        return wide(self.scale).flatten(1).pow(power).unsqueeze(1)
 
     def _weighted_channel_sum(self, values: Tensor, weights: Tensor) -> Tensor:
         b, c, h, w = values.shape
@@ -127,6 +127,11 @@ class Features:
         # the 1/4 power has an infinite slope at 0: route zero columns around it (value 0, gradient 0)
         nonzero = fourth > 0
         return torch.where(nonzero, torch.where(nonzero, fourth, 1.0).pow(0.25), 0.0)
+
+
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32, or as it is when already float32 or float64 (a float64 model keeps its precision)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def no_autocast(forward: F) -> F:

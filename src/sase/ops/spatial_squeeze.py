@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import CovarianceHead, MeanAnd, Statistic
-from .features import Features, no_autocast
+from .features import Features, no_autocast, wide
 
 
 class L2(nn.Module):
@@ -34,8 +34,8 @@ class L2(nn.Module):
         features = Features.of(x)
         stats = features.hw
         # y = gamma * (x - mean) / sqrt(var + eps) + beta, folded into one scale and shift per channel
-        scale = self.weight.float().view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
-        shift = self.bias.float().view(1, -1, 1, 1) - scale * stats.mean
+        scale = wide(self.weight).view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
+        shift = wide(self.bias).view(1, -1, 1, 1) - scale * stats.mean
         y = torch.addcmul(shift, features.x32, scale)
         return torch.linalg.vector_norm(y, 2, 1, keepdim=True).to(self.weight.dtype)
 

@@ -35,10 +35,12 @@ class Architect:
         betas: tuple[float, float] = (0.5, 0.999),
         weight_decay: float = 1e-3,
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+        fd_scale: float = 0.01,
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
         self.model, self.w_optimizer, self.order, self.loss_fn = model, w_optimizer, order, loss_fn
+        self.fd_scale = fd_scale  # ε = fd_scale / ‖v‖ (SPEC §3: 0.01)
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:
@@ -86,8 +88,8 @@ class Architect:
 
     def hessian_vector_fd(self, weights: dict[str, Tensor], alpha: Tensor, v: dict[str, Tensor],
                           batch: Batch) -> Tensor:
-        """∇²_{α,w} L_train · v by a central difference, ε = 0.01 / ‖v‖."""
-        eps = 0.01 / torch.sqrt(sum(t.square().sum() for t in v.values())).clamp_min(1e-12)
+        """∇²_{α,w} L_train · v by a central difference, ε = fd_scale / ‖v‖."""
+        eps = self.fd_scale / torch.sqrt(sum(t.square().sum() for t in v.values())).clamp_min(1e-12)
         grads = []
         for sign in (1.0, -1.0):
             shifted = {n: w + sign * eps * v[n] for n, w in weights.items()}

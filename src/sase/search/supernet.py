@@ -23,6 +23,9 @@ NUM_CANDIDATES = len(next(iter(OPS.values())))
 assert all(len(r) == NUM_CANDIDATES for r in OPS.values()), "α is a dense (edges x candidates) array"
 
 
+BackboneBuilder = Callable[..., nn.Module]
+
+
 class EdgeWeights:
     """softmax(α), worked out once per forward by the supernet and read by every mixed op."""
 
@@ -49,18 +52,20 @@ class MixedOp(nn.Module):
 class Supernet(nn.Module):
     """A backbone whose every attention slot holds a searchable cell.
 
-    `backbone` is a name of `sase.models.MODELS` or "timm/<name>" for a timm ResNet-family model.
+    `backbone` is a name of `sase.models.MODELS`, "timm/<name>" for a timm ResNet-family model, or a
+    callable `fn(attention, num_classes) -> nn.Module` that builds any network calling
+    `attention(channels)` for each of its attention slots.
     """
 
-    def __init__(self, backbone: str = "resnet20", num_classes: int | None = None, per_stage: bool = False,
+    def __init__(self, backbone: str | BackboneBuilder = "resnet20", num_classes: int | None = None, per_stage: bool = False,
                  **backbone_kwargs: Any) -> None:
         super().__init__()
-        self.backbone_name, self.per_stage = backbone, per_stage
+        self.per_stage = per_stage
         self._edge_weights = EdgeWeights()
         self._groups: dict[int, int] = {}  # block width -> α group
         self.net = build_backbone(backbone, self._make_cell, num_classes, **backbone_kwargs)
         if not self._groups:
-            raise ValueError(f"backbone {backbone!r} took no attention block: nothing to search")
+            raise ValueError(f"backbone {backbone!r} has no attention slot: nothing to search")
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(self._groups) if per_stage else 1, len(EDGES),
                                                      NUM_CANDIDATES))
 
@@ -112,9 +117,11 @@ def derive_genotype(alpha: Tensor) -> Genotype:
     return Genotype(tuple(n[int(i)] for n, i in zip(names, alpha.argmax(-1))))
 
 
-def build_backbone(name: str, attention: Callable[..., nn.Module], num_classes: int | None,
+def build_backbone(name: str | BackboneBuilder, attention: Callable[..., nn.Module], num_classes: int | None,
                    **kwargs: Any) -> nn.Module:
-    """A backbone of ours by name, or "timm/<name>" through timm's `attn_layer` block hook."""
+    """A backbone of ours by name, "timm/<name>" through timm's `attn_layer` block hook, or a builder's."""
+    if callable(name):
+        return name(attention, num_classes, **kwargs)
     if name.startswith("timm/"):
         extra = {} if num_classes is None else {"num_classes": num_classes}
         return timm.create_model(name[5:], pretrained=False, block_args=dict(attn_layer=attention), **extra, **kwargs)

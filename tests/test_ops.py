@@ -173,3 +173,12 @@ def test_batchnorm_ops_say_why_batch_one_fails_in_training():
     x = op_input("channel_squeeze", 1, 1, batch=1, channels=4)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         op(x)
+
+
+def test_single_channel_conv_equals_a_plain_conv():
+    from sase.ops.spatial_excitation import SingleChannelConv2d
+
+    for kernel in [(3, 3), (1, 5), (7, 1)]:
+        conv = SingleChannelConv2d(kernel)
+        x = torch.randn(3, 1, 9, 6)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, padding=conv.padding))

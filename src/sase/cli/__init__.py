@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         # bad input from the user: one clear line, not a traceback
         print(f"sase {args.command}: error: {err}", file=sys.stderr)
         return 2

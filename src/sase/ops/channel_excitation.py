@@ -5,8 +5,10 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .common import pointwise
 from .features import no_autocast
 
 
@@ -21,7 +23,24 @@ class Fc(nn.Module):
 
     @no_autocast
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(torch.relu(self.fc1(x.to(self.fc1.weight.dtype))))
+        x = x.to(self.fc1.weight.dtype)
+        return pointwise(self.fc2, torch.relu(pointwise(self.fc1, x)))
+
+
+class ChannelConv1d(nn.Conv1d):
+    """A 1 -> 1 channel 1-D conv without bias, padded to keep the length: a kernel slid across channels.
+
+    Computed as a matmul over a sliding window (unfold): the same result, faster forward and backward on
+    CPU than a one-channel conv1d.
+    """
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, p = self.kernel_size[0], self.padding[0]
+        windows = F.pad(x, (p, p)).unfold(-1, k, 1)  # (B, 1, L, k)
+        return windows @ self.weight.view(k)  # (B, 1, L)
 
 
 class Conv1dGate(nn.Module):
@@ -33,7 +52,7 @@ class Conv1dGate(nn.Module):
         for i in range(depth):
             if i:
                 layers.append(nn.ReLU())
-            layers.append(nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False))
+            layers.append(ChannelConv1d(kernel_size))
         self.convs = nn.Sequential(*layers)
 
     @no_autocast

@@ -51,9 +51,11 @@ class Cov(nn.Module):
     def forward(self, x: Tensor | Features) -> Tensor:
         x = Features.of(x).x32
         b, c, h, w = x.shape
-        # average-pool along the channel axis: (B, 1, C, HW) -> (B, 1, C/4, HW)
-        z = F.adaptive_avg_pool2d(x.reshape(b, 1, c, h * w), (self.rows, h * w))
-        return self.head(z.squeeze(1))
+        if c % self.rows == 0:  # average-pool along the channel axis: (B, C, HW) -> (B, C/4, HW)
+            z = x.reshape(b, self.rows, c // self.rows, h * w).mean(2)
+        else:  # uneven groups, as adaptive pooling makes them
+            z = F.adaptive_avg_pool2d(x.reshape(b, 1, c, h * w), (self.rows, h * w)).squeeze(1)
+        return self.head(z)
 
 
 CHANNEL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {

@@ -9,11 +9,17 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import Features, no_autocast
 
 Axis = Literal["hw", "c"]
+
+
+def pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 conv applied to a (B, C, 1, 1) descriptor, as the matmul it is: several times faster on CPU."""
+    return F.linear(x.flatten(1), conv.weight.flatten(1), conv.bias)[..., None, None]
 
 
 class StatMixer(nn.Module):
@@ -84,5 +90,7 @@ class CovarianceHead(nn.Module):
         z = z - z.mean(-1, keepdim=True)
         # (reference) products of the centred rows summed over points, divided by R - 1
         cov = torch.bmm(z, z.transpose(1, 2)) / max(self.rows - 1, 1)  # (B, R, R)
-        y = self.row_conv(self.bn(cov.unsqueeze(-1)))  # (B, R, R, 1) -> (B, R, 1, 1)
-        return self.proj(torch.relu(y))  # (B, out, 1, 1)
+        cov = self.bn(cov.unsqueeze(-1)).squeeze(-1)  # (B, R, R)
+        # the row-wise grouped conv, as a multiply and a sum: same result, several times faster on CPU
+        y = (cov * self.row_conv.weight.view(1, self.rows, self.rows)).sum(-1) + self.row_conv.bias
+        return pointwise(self.proj, torch.relu(y))  # (B, R) -> (B, out, 1, 1)

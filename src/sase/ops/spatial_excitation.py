@@ -5,14 +5,27 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import no_autocast
 
 
-def _conv(kernel: tuple[int, int]) -> nn.Conv2d:
-    """A one-channel conv without bias, padded to keep H and W."""
-    return nn.Conv2d(1, 1, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
+class SingleChannelConv2d(nn.Conv2d):
+    """A 1 -> 1 channel conv without bias, padded to keep H and W.
+
+    Run as a depthwise conv with the batch folded into channels: the same result, about ten times
+    faster forward and backward on CPU than oneDNN's one-channel convolution.
+    """
+
+    def __init__(self, kernel: tuple[int, int]) -> None:
+        super().__init__(1, 1, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        weight = self.weight.expand(b, 1, *self.kernel_size)
+        y = F.conv2d(x.reshape(1, b, h, w), weight, None, 1, self.padding, groups=b)  # (1, B, H, W)
+        return y.view(b, 1, h, w)
 
 
 class ConvGate(nn.Module):
@@ -26,12 +39,12 @@ class ConvGate(nn.Module):
         k = kernel_size
         layers: list[nn.Module] = []
         if separable:
-            layers = [_conv((1, k)), _conv((k, 1))]
+            layers = [SingleChannelConv2d((1, k)), SingleChannelConv2d((k, 1))]
         else:
             for i in range(depth):
                 if i:
                     layers.append(nn.ReLU())
-                layers.append(_conv((k, k)))
+                layers.append(SingleChannelConv2d((k, k)))
         self.convs = nn.Sequential(*layers)
 
     @no_autocast

@@ -37,7 +37,9 @@ class L2(nn.Module):
         scale = wide(self.weight).view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
         shift = wide(self.bias).view(1, -1, 1, 1) - scale * stats.mean
         y = torch.addcmul(shift, features.x32, scale)
-        return torch.linalg.vector_norm(y, 2, 1, keepdim=True).to(self.weight.dtype)
+        energy = (y * y).sum(1, keepdim=True)  # (B, 1, H, W)
+        # clamp: sqrt's slope is infinite at 0
+        return energy.clamp_min(1e-12).sqrt().to(self.weight.dtype)
 
 
 class Cov(nn.Module):

@@ -1,0 +1,186 @@
+"""The search loop and `sase search` end to end on tiny data: files, resume, divergence, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sase import EDGE_NAMES, Genotype
+from sase.cli import main
+from sase.search import Search, SearchConfig, SearchDiverged, run_search
+from sase.utils.checkpoint import load_checkpoint
+
+# a few steps of a small batch on 8x8 digits: seconds, not minutes
+TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, checkpoint_every=1)
+FILES = ["config.json", "genotype.json", "history.csv", "checkpoint.pt", "alpha_heatmap.png", "alpha_evolution.png"]
+CLI_TINY = ["--epochs", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--image-size", "8", "--quiet"]
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "checkpoint.pt")["model"]
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_search_writes_every_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", *CLI_TINY, "--order", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    genotype = Genotype.from_json(out / "genotype.json")
+    assert genotype.to_json(indent=None) in printed and str(out) in printed
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ["train_loss", "train_acc", "val_loss", "val_acc", "param_free_share"]:
+        assert 0 <= float(rows[-1][key]) < 100, key
+    for edge in EDGE_NAMES:
+        probs = [float(v) for k, v in rows[-1].items() if k.startswith(f"alpha/{edge}/")]
+        assert len(probs) == 7 and abs(sum(probs) - 1) < 1e-4
+        assert float(rows[-1][f"entropy/{edge}"]) > 0
+    assert Genotype.from_json(rows[-1]["genotype"]) == genotype
+    config = json.loads((out / "config.json").read_text())
+    assert config["order"] == "1" and config["epochs"] == 2 and config["dataset"] == "digits"
+    for png in ("alpha_heatmap.png", "alpha_evolution.png"):
+        with Image.open(out / png) as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+
+
+def test_genotype_file_is_the_argmax_of_the_saved_alpha(tmp_path):
+    result = run_search(replace(TINY, epochs=1, out=str(tmp_path)), progress=False)
+    alpha = load_checkpoint(tmp_path / "checkpoint.pt")["model"]["alpha"]
+    from sase.search import derive_genotype
+    assert result.genotype == derive_genotype(alpha[0]) == Genotype.from_json(tmp_path / "genotype.json")
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    """Stopped mid-epoch (after its checkpoint at step 2 of epoch 1), then resumed: the same end, bit for bit."""
+    whole = run_search(replace(TINY, out=str(tmp_path / "whole")), progress=False)
+
+    config = replace(TINY, out=str(tmp_path / "cut"))
+    search = Search(config, progress=False)
+    steps = {"n": 0}
+    original = search._weight_step
+
+    def stop_after_two(batch):
+        if steps["n"] == 5:  # epoch 2, step 3: after the checkpoint of step 2
+            raise KeyboardInterrupt
+        steps["n"] += 1
+        return original(batch)
+
+    search._weight_step = stop_after_two  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+
+    resumed = run_search(config, resume=True, progress=False)
+    assert resumed.genotype == whole.genotype
+    assert_same_state(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
+    rows = lambda p: [{k: v for k, v in r.items()} for r in csv.DictReader((p / "history.csv").open())]
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
+
+
+def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
+    args = ["search", *CLI_TINY, "--order", "1", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sase", *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = torch.load(cut / "checkpoint.pt", weights_only=True)
+            if (state["epoch"], state["step"]) >= (0, 2):
+                break
+        except Exception:  # not written yet (a half-written file is never in place: writes are atomic)
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert_same_state(final_state(cut), final_state(tmp_path / "whole"))
+    assert Genotype.from_json(cut / "genotype.json") == Genotype.from_json(tmp_path / "whole" / "genotype.json")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    search = Search(replace(TINY, out=str(tmp_path)), progress=False)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] > 12 else output
+
+    search.model.register_forward_hook(poison)
+    with pytest.raises(SearchDiverged, match="became nan .* last good checkpoint is"):
+        search.run()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert (state["epoch"], state["step"]) < (TINY.epochs, 0)
+
+
+def test_warmup_keeps_alpha_frozen(tmp_path):
+    search = Search(replace(TINY, epochs=1, warmup_epochs=1, out=str(tmp_path)), progress=False)
+    before = search.model.alpha.detach().clone()
+    search.run()
+    assert torch.equal(search.model.alpha.detach(), before)
+
+
+def test_per_stage_search_writes_a_genotype_per_stage(tmp_path):
+    result = run_search(replace(TINY, epochs=1, per_stage=True, out=str(tmp_path)), progress=False)
+    per_stage = json.loads((tmp_path / "genotypes_per_stage.json").read_text())
+    assert list(per_stage) == ["16", "32", "64"] and len(result.genotypes) == 3
+    assert [Genotype.from_dict(g) for g in per_stage.values()] == result.genotypes
+
+
+def test_search_on_an_image_folder(tmp_path):
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(10):
+                Image.new("RGB", (12, 10), (40 * c + i, 90, 200)).save(tmp_path / "data" / split / cls / f"{i}.png")
+    config = replace(TINY, epochs=1, dataset="imagefolder", data=str(tmp_path / "data"), out=str(tmp_path / "run"))
+    result = run_search(config, progress=False)
+    assert (tmp_path / "run" / "genotype.json").exists() and 0 <= result.val_acc <= 1
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    code = main(["search", "--dataset", "cifar10", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nowhere" in err and "Traceback" not in err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    run_search(replace(TINY, epochs=1, out=str(tmp_path)), progress=False)
+    assert main(["search", *CLI_TINY, "--out", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_needs_a_run(tmp_path, capsys):
+    assert main(["search", "--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_paper_preset_is_the_spec_settings():
+    paper = SearchConfig().with_preset("paper")
+    assert (paper.dataset, paper.backbone, paper.order, paper.epochs, paper.batch_size) == \
+        ("cifar10", "resnet20", "2", 100, 128)
+    assert (paper.lr, paper.lr_min, paper.momentum, paper.weight_decay, paper.grad_clip) == \
+        (0.025, 1e-4, 0.9, 5e-4, 5.0)
+    assert (paper.arch_lr, paper.arch_beta1, paper.arch_beta2, paper.arch_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)

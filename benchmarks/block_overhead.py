@@ -6,15 +6,14 @@ Run by hand (not in CI):
 
 Times are medians of interleaved repetitions (every model once per round), so a slow moment of the
 machine hits every model alike; each ratio is against plain ResNet-50 measured in the same run.
-Peak memory is the rise of the process's maximum resident set during one forward, measured in a
-fresh process per model (ru_maxrss only grows).
+Peak memory is the rise of the resident set during the first forward (activations), measured in
+a fresh process per model.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +32,13 @@ def build(attention: str) -> torch.nn.Module:
 
 
 def peak_memory_mb(attention: str, batch: int, size: int, threads: int) -> float:
-    """Rise of the maximum resident set over one forward, in a fresh process (MiB)."""
+    """Rise of the resident set over the first forward, in a fresh process (MiB)."""
     code = (
-        "import resource, torch, sys; sys.path.insert(0, %r); from block_overhead import build\n"
+        "import sys, torch; sys.path.insert(0, %r); from block_overhead import build\n"
+        "from memory import peak_rise_mib\n"
         "torch.set_num_threads(%d); m = build(%r); x = torch.randn(%d, 3, %d, %d)\n"
-        "with torch.inference_mode(): m(x)\n"  # warm-up: allocator and kernels settle
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "with torch.inference_mode(): m(x)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+        "with torch.inference_mode():\n"
+        "    print(peak_rise_mib(lambda: m(x)))\n"
     ) % (str(Path(__file__).parent), threads, attention, batch, size, size)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -79,5 +79,9 @@ class Cell(nn.Module):
         s5 = se(s4)  # (B, 1, H, W)
         # Y = s0 * (1 + (s2 + s5) / 2): the (B, C, 1, 1) and (B, 1, H, W) halves meet in one full-size pass
         dtype = x.dtype
-        gate = torch.add(1 + 0.5 * s2.to(dtype), 0.5 * s5.to(dtype))  # (B, C, H, W)
-        return x * gate
+        channel, spatial = 1 + 0.5 * s2.to(dtype), 0.5 * s5.to(dtype)
+        if torch.is_grad_enabled():
+            return x * (channel + spatial)
+        # inference: build the gate in a buffer the statistics are done with, then scale it in place
+        gate = torch.add(channel, spatial, out=s0.spare_buffer(x))  # (B, C, H, W)
+        return gate.mul_(x)

@@ -6,7 +6,8 @@ squeeze the same map, so the statistics live on a `Features` object that compute
 first time an op asks for it. A lone op wraps its input in a fresh `Features`; the cell and the
 supernet pass one `Features` to every op that reads the same map.
 
-Statistics are computed in float32 (float64 for a float64 map) outside autocast: x^4 of 300 is 8.1e9, far beyond float16.
+Statistics are computed in float32 (float64 for a float64 map) outside autocast: x^4 of 300 is
+8.1e9, far beyond float16.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Moments:
     @cached_property
     def var(self) -> Tensor:
         """Biased variance, from the centred map (no cancellation): defined for a single value too."""
-        return self._mean(self.centered_sq)
+        return self.features.reduce_var(self.dims, self)
 
     @cached_property
     def std(self) -> Tensor:
@@ -130,33 +131,67 @@ class Features:
 
     @cached_property
     def x4(self) -> Tensor:
-        """x^4 (of the unscaled map), as two multiplies."""
+        """x^4 of this map, as two multiplies."""
         x2 = self.x32 * self.x32
-        return x2 * x2
+        # without autograd, square in place: one fresh full-size buffer instead of two
+        return x2.mul_(x2) if not torch.is_grad_enabled() else x2 * x2
 
-    def _scale_rows(self, power: int) -> Tensor:
-        # (B, 1, C): the scale to `power`, laid out for a batched matmul over channels
-        s = wide(self.scale).flatten(1)
-        if power == 4:
-            s = s * s
-            s = s * s
-        return s.unsqueeze(1)
+    def spare_buffer(self, like: Tensor) -> Tensor | None:
+        """Without autograd: a full-size buffer the statistics are done with, shaped and typed like `like`.
 
-    def _weighted_channel_sum(self, values: Tensor, weights: Tensor) -> Tensor:
+        The cell writes its output there once every edge has read this map, so inference allocates
+        one full-size buffer per block, as an SE block does.
+        """
+        buf = self.__dict__.get("x4")
+        if torch.is_grad_enabled() or buf is None or buf.dtype != like.dtype or buf.shape != like.shape:
+            return None
+        del self.__dict__["x4"]
+        return buf
+
+    def _channel_sum(self, values: Tensor, power: int) -> Tensor:
+        """Sum over C of scale^power * values (values: a map of the unscaled x), as one batched matmul.
+
+        A matmul reads the map faster than a strided sum over C, and for a scaled map it weighs the
+        channels without writing scale * x out.
+        """
         b, c, h, w = values.shape
-        # (B, 1, C) @ (B, C, HW) -> (B, 1, HW): one read of `values`, no product written out
+        if self.unscaled is None:
+            weights = values.new_ones(b, 1, c)
+        else:
+            weights = wide(self.scale).flatten(1)  # (B, C)
+            for _ in range(power.bit_length() - 1):  # power 1, 2 or 4: square it up
+                weights = weights * weights
+            weights = weights.unsqueeze(1)
+        # (B, 1, C) @ (B, C, HW) -> (B, 1, HW)
         return torch.bmm(weights, values.reshape(b, c, h * w)).view(b, 1, h, w)
 
+    # Statistics of a scaled map s * x that follow from x's without writing s * x out:
+    # over (H, W), s is a constant per channel; over C, sums of s^k x^k are batched matmuls.
     def reduce_mean(self, dims: tuple[int, ...]) -> Tensor:
-        if self.unscaled is None or dims != (1,):
-            return self.x32.mean(dims, keepdim=True)
-        return self._weighted_channel_sum(self.unscaled.x32, self._scale_rows(1)) / self.shape[1]
+        if dims == (1,):
+            return self._channel_sum((self.unscaled or self).x32, 1) / self.shape[1]
+        if self.unscaled is not None:
+            return wide(self.scale) * self.unscaled.hw.mean
+        return self.x32.mean(dims, keepdim=True)
 
     def reduce_sum4(self, dims: tuple[int, ...]) -> Tensor:
         """Sum of x^4 over `dims`."""
-        if self.unscaled is None or dims != (1,):
-            return self.x4.sum(dims, keepdim=True)
-        return self._weighted_channel_sum(self.unscaled.x4, self._scale_rows(4))
+        if dims == (1,):
+            return self._channel_sum((self.unscaled or self).x4, 4)
+        return self.x4.sum(dims, keepdim=True)
+
+    def reduce_var(self, dims: tuple[int, ...], moments: Moments) -> Tensor:
+        if self.unscaled is not None and dims == (2, 3):
+            s = wide(self.scale)
+            return s * s * self.unscaled.hw.var
+        return moments._mean(moments.centered_sq)
+
+    def channel_affine(self, scale: Tensor, shift: Tensor) -> Tensor:
+        """scale * map + shift with (B or 1, C, 1, 1) scale and shift, in one pass over the unscaled map."""
+        if self.unscaled is None:
+            return torch.addcmul(shift, self.x32, scale)
+        return torch.addcmul(shift, self.unscaled.x32, scale * wide(self.scale))
+
 
 
 def wide(t: Tensor) -> Tensor:
@@ -176,4 +211,3 @@ def no_autocast(forward: F) -> F:
             return forward(self, x, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-

@@ -182,3 +182,15 @@ def test_single_channel_conv_equals_a_plain_conv():
         conv = SingleChannelConv2d(kernel)
         x = torch.randn(3, 1, 9, 6)
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, padding=conv.padding))
+
+
+@pytest.mark.parametrize("axis,dims", [("hw", (2, 3)), ("c", (1,))])
+def test_moments_stay_accurate_with_an_offset_mean(axis, dims):
+    """Central moments come from raw power sums: check float32 against float64 with mean = 5 std."""
+    x64 = 5 + torch.randn(2, 32, 9, 7, dtype=torch.float64)
+    stats = getattr(Features(x64.float()), axis)
+    mean = x64.mean(dims, keepdim=True)
+    var = (x64 - mean).pow(2).mean(dims, keepdim=True)
+    third = (x64 - mean).pow(3).mean(dims, keepdim=True)
+    torch.testing.assert_close(stats.var.double(), var, rtol=1e-4, atol=0)
+    assert ((stats.third_moment.double() - third).abs() / var.pow(1.5)).max() < 1e-3

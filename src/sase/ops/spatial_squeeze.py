@@ -36,9 +36,8 @@ class L2(nn.Module):
         # y = gamma * (x - mean) / sqrt(var + eps) + beta, folded into one scale and shift per channel
         scale = wide(self.weight).view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
         shift = wide(self.bias).view(1, -1, 1, 1) - scale * stats.mean
-        y = features.channel_affine(scale, shift)  # (B, C, H, W)
-        energy = (y * y).sum(1, keepdim=True)  # (B, 1, H, W)
-        # clamp: sqrt's slope is infinite at 0
+        energy = features.channel_affine_sq_sum(scale, shift)  # (B, 1, H, W)
+        # clamp: sqrt's slope is infinite at 0 (and the expanded square can round a hair below it)
         return energy.clamp_min(1e-12).sqrt().to(self.weight.dtype)
 
 

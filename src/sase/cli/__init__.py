@@ -5,9 +5,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, search
+from . import compare, demo, pipeline, search
+from . import eval as eval_
+from . import train
 
-COMMANDS = {"search": search, "demo": demo}
+COMMANDS = {"search": search, "train": train, "eval": eval_, "compare": compare, "pipeline": pipeline, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

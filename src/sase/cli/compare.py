@@ -1,0 +1,54 @@
+"""`sase compare`: train several attention modules under one recipe over several seeds and tabulate them.
+
+Every (attention, seed) is a training run in OUT/cells/<attention>-seed<k>/. Rerunning with the same
+--out reads finished runs and resumes unfinished ones, so an interrupted comparison continues where it
+stopped. Writes OUT/comparison.md (the table), comparison.json and comparison.png (top-1 bar chart).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..train import TrainingDiverged
+from ..train.compare import markdown_table, parse_entries, run_compare
+from .train import add_recipe_flags, config_from_args
+
+DEFAULT_ATTENTIONS = "none,se,cbam,eca,paper"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train attention modules under one recipe over seeds and compare them",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attentions", default=DEFAULT_ATTENTIONS,
+                   help="comma-separated: zoo names, presets, genotype JSON paths, or LABEL=NAME_OR_PATH "
+                        f"(default: {DEFAULT_ATTENTIONS})")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
+    add_recipe_flags(p, skip=("attention", "seed", "out"))
+    p.add_argument("--out", default="runs/compare", help="comparison folder (default: runs/compare)")
+    p.set_defaults(command="compare")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = parse_entries(args.attentions)
+    seeds = parse_seeds(args.seeds)
+    base = config_from_args(args, out=args.out)
+    print(f"comparing {', '.join(e.label for e in entries)} on {base.model} / {base.dataset}, {base.epochs} epochs, "
+          f"seeds {', '.join(map(str, seeds))} -> {args.out}")
+    try:
+        rows = run_compare(base, entries, seeds, args.out, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"sase compare: {err}", file=sys.stderr)
+        return 1
+    print(markdown_table(rows))
+    print(f"wrote {args.out}/comparison.md, comparison.json and comparison.png")
+    return 0

@@ -1,0 +1,98 @@
+"""`sase train`: train a backbone with an attention module in every residual block.
+
+With no arguments it trains ResNet-20 with the published SASE block on the bundled digits, offline,
+in well under a minute of compute on two CPU cores. `--preset imagenet` is the recipe of SPEC §5.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
+from ..train.plots import si
+
+# command-line flags for these config fields (the rest keep their defaults, or come from a preset)
+FLAGS = {
+    "model": "backbone: resnet20 | resnet56 | resnet110 (CIFAR style) | resnet18 | resnet34 | resnet50 | resnet101",
+    "attention": "none | se | eca | cbam | srm | gct | fca | gsop | simam | sase | paper | PATH/TO/genotype.json",
+    "dataset": "dataset: digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
+    "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
+    "epochs": "training epochs",
+    "batch_size": "batch size",
+    "lr": "peak learning rate (SGD, momentum 0.9)",
+    "weight_decay": "weight decay",
+    "warmup_epochs": "epochs of linear learning-rate warm-up before the cosine decay",
+    "label_smoothing": "label smoothing of the training loss",
+    "grad_clip": "max gradient norm (0 disables clipping)",
+    "seed": "random seed (initialisation, data order, augmentation)",
+    "image_size": "input size (default: the dataset's own)",
+    "steps_per_epoch": "cap on training steps per epoch",
+    "checkpoint_every": "steps between checkpoints within an epoch",
+    "workers": "data loader worker processes",
+    "device": "auto | cpu | cuda | cuda:N",
+    "out": "run folder",
+}
+RESUME_KNOBS = ("workers", "device", "checkpoint_every")  # may change when a run is resumed
+
+
+def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The TrainConfig flags (all but `skip`), each defaulting to None so that presets can fill them."""
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for name, help_text in FLAGS.items():
+        if name not in skip:
+            kind = int if "int" in types[name] else float if "float" in types[name] else str
+            p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (default: float32)")
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
+    p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="imagenet: SPEC §5 (ResNet-50, 100 epochs, lr 0.1, "
+                   "wd 1e-4, label smoothing 0.1, clip 5); cifar: the common CIFAR ResNet recipe (ResNet-56, 200 "
+                   "epochs); flags given explicitly still win")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a ResNet with an attention module", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_flags(p)
+    p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint")
+    p.set_defaults(command="train")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """TrainConfig defaults, then the preset, then the flags given, then `overrides`."""
+    config = TrainConfig()
+    if args.preset:
+        config = config.with_preset(args.preset)
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return replace(config, **{**given, **overrides})
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out, the folder of the run to resume")
+    config = config_from_args(args, **({} if args.out else {"out": time.strftime("runs/train-%Y%m%d-%H%M%S")}))
+    if args.resume:
+        saved = Path(config.out) / "config.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
+        # the run's own settings; only the speed knobs may change
+        config = replace(TrainConfig.load(saved), **{k: getattr(args, k) for k in RESUME_KNOBS
+                                                     if getattr(args, k) is not None})
+    print(f"training: {config.model} + {config.attention} on {config.dataset}, {config.epochs} epochs, batch "
+          f"{config.batch_size}, lr {config.lr}, {config.amp or 'float32'} -> {config.out}")
+    try:
+        result = run_train(config, resume=args.resume, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"sase train: {err}", file=sys.stderr)
+        return 1
+    print(f"done: val top-1 {result.top1:.4f}, top-{result.k} {result.topk:.4f}, loss {result.loss:.4f}; "
+          f"{result.parameters:,} parameters, {si(result.flops // 2)} MACs per image; {result.seconds:.0f} s of "
+          f"training; files in {result.out}/ (model.safetensors, checkpoint.pt, history.csv, summary.json, "
+          "config.json)")
+    return 0

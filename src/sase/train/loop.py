@@ -1,0 +1,233 @@
+"""The training loop: SGD with warm-up and cosine, clipped, optionally in half precision; resumable exactly.
+
+    result = Trainer(TrainConfig(attention="se", epochs=2)).run()   # -> TrainResult(top1, ...)
+
+A run folder holds config.json, history.csv (one row per epoch), checkpoint.pt, model.safetensors,
+summary.json and tensorboard/ (when tensorboard is installed). A run resumed from its checkpoint
+(`Trainer(config, resume=True)`) ends bit-identical to an uninterrupted one on the CPU: model,
+optimiser, schedule, gradient scaler, RNG, the epoch and the position in it are restored, and the
+data order and augmentation are functions of (seed, epoch, position).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import build_dataset
+from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..utils.sampling import SeededBatches, SeededSamples
+from .config import TrainConfig
+from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
+from .log import EpochLog, read_csv
+from .metrics import EvalResult, correct_top, count_flops, count_parameters, evaluate, top_k
+from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, resolve_device
+
+SUMMARY = "summary.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    top1: float  # validation top-1 after the last epoch, in [0, 1]
+    topk: float  # validation top-k after the last epoch
+    k: int
+    loss: float  # validation loss after the last epoch
+    parameters: int
+    flops: int  # one image at the training size, 2 per multiply-add (see metrics)
+    seconds: float  # training time summed over epochs (evaluation excluded)
+
+
+class Trainer:
+    """A training run in `config.out`, fresh or resumed from its checkpoint."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        if not resume and (self.out / CHECKPOINT).exists():  # before the data: scanning ImageNet takes a while
+            raise FileExistsError(f"{self.out} already holds a training run; resume it with --resume or pick "
+                                  "another --out")
+        saved = self._read_checkpoint() if resume else None
+        self.train_set, data = build_dataset(config.dataset, config.data, train=True, augment=True,
+                                             image_size=config.image_size, download=config.download)
+        val_set, _ = build_dataset(config.dataset, config.data, train=False, image_size=config.image_size,
+                                   download=config.download)
+        # the saved spec holds the genotype itself: a genotype file edited since the start cannot change the model
+        self.spec = ModelSpec.from_dict(saved["model_spec"]) if saved else ModelSpec.create(
+            config.model, config.attention, data.num_classes, data.image_size, config.dataset)
+        torch.manual_seed(config.seed)
+        self.model = self.spec.build().to(self.device)
+        pin = self.device.type == "cuda"
+        self.batches = SeededBatches(range(len(self.train_set)), config.batch_size, config.seed)
+        self.loader = DataLoader(SeededSamples(self.train_set, config.seed), batch_sampler=self.batches,
+                                 num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=pin)
+        self.val_loader = DataLoader(val_set, batch_size=2 * config.batch_size, num_workers=config.workers,
+                                     pin_memory=pin)
+        self.steps = self.batches.batches() if config.steps_per_epoch is None else \
+            min(self.batches.batches(), config.steps_per_epoch)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps)
+        self.scaler = build_scaler(config.amp, self.device)
+        self.epoch, self.step, self.totals = 0, 0, _zero_totals()
+        if saved is None:
+            self._start_folder()
+        else:
+            self._restore(saved)
+        self.log = EpochLog(self.out, resume_rows=None if saved is None else saved["history_rows"])
+
+    # -- the run
+    def run(self) -> TrainResult:
+        try:
+            for epoch in range(self.epoch, self.config.epochs):
+                self._train_epoch(epoch)
+                self._end_epoch(epoch, evaluate(self.model, self.val_loader, self.device, self.config.amp))
+            return self._finish()
+        finally:
+            self.log.close()
+
+    def _train_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch, self.step)
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train {epoch + 1}/{self.config.epochs}",
+                   disable=not self.progress, leave=False)
+        t, tick = self.totals, time.perf_counter()
+        for x, y in islice(self.loader, self.steps - self.step):
+            loss, correct = self._train_step(x, y, epoch)
+            t["loss"] += loss * len(y)
+            t["correct"] += correct
+            t["seen"] += len(y)
+            now = time.perf_counter()
+            t["seconds"], tick = t["seconds"] + now - tick, now
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{t['loss'] / t['seen']:.3f}", top1=f"{t['correct'] / t['seen']:.3f}")
+            if self.step % self.config.checkpoint_every == 0 and self.step < self.steps:
+                self._save()
+        bar.close()
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, int]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.config.amp, self.device):
+            logits = self.model(x)
+        # the loss in float32 whatever the autocast type: a half-precision softmax loses small probabilities
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        if not math.isfinite(loss.item()):
+            self._diverged(loss.item(), epoch)
+        clip = self.config.grad_clip
+        if self.scaler is None:
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        with warnings.catch_warnings():
+            # the scheduler steps even when the scaler skipped a step: the lr stays a function of the step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+        return loss.item(), correct_top(logits.detach().float(), y, (1,))[0]
+
+    def _diverged(self, loss: float, epoch: int) -> None:
+        where = self.out / CHECKPOINT
+        kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {self.step + 1}; "
+                               f"stopped, {kept}. Try a lower --lr, more warm-up or --amp bf16 instead of fp16.")
+
+    def _end_epoch(self, epoch: int, val: EvalResult) -> None:
+        t = self.totals
+        last_step = (epoch + 1) * self.steps - 1
+        row = {"epoch": epoch + 1, "lr": round(self.config.lr * self.scheduler.lr_lambdas[0](last_step), 8),
+               "train_loss": round(t["loss"] / max(t["seen"], 1), 6),
+               "train_top1": round(t["correct"] / max(t["seen"], 1), 6),
+               "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6), f"val_top{val.k}": round(val.topk, 6),
+               "seconds": round(t["seconds"], 3), "images_per_s": round(t["seen"] / max(t["seconds"], 1e-9), 1)}
+        self.log.write(row)
+        self.epoch, self.step, self.totals = epoch + 1, 0, _zero_totals()
+        self._save()
+        if self.progress:
+            tqdm.write(f"epoch {epoch + 1}/{self.config.epochs}: train loss {row['train_loss']:.4f} top-1 "
+                       f"{row['train_top1']:.4f} | val loss {val.loss:.4f} top-1 {val.top1:.4f} top-{val.k} "
+                       f"{val.topk:.4f} | {row['images_per_s']:.0f} img/s")
+
+    def _finish(self) -> TrainResult:
+        save_safetensors(self.model, self.spec, self.out / SAFETENSORS)
+        rows = read_csv(self.out / "history.csv")
+        last = rows[-1]
+        k = top_k(self.spec.num_classes)
+        flops = count_flops(self.model, self.spec.image_size, self.spec.in_chans)
+        result = TrainResult(self.out, float(last["val_top1"]), float(last[f"val_top{k}"]), k,
+                             float(last["val_loss"]), count_parameters(self.model), flops,
+                             sum(float(r["seconds"]) for r in rows))
+        summary = {**{key: v for key, v in asdict(result).items() if key != "out"}, "macs": flops // 2,
+                   "epochs": len(rows),
+                   # images over seconds of the whole run, not a mean of per-epoch rates
+                   "train_images_per_s": sum(float(r["images_per_s"]) * float(r["seconds"]) for r in rows)
+                   / max(result.seconds, 1e-9),
+                   "model_spec": asdict(self.spec)}
+        (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        return result
+
+    # -- folder and checkpoint
+    def _start_folder(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / SUMMARY).unlink(missing_ok=True)  # a summary marks a finished run; this one is not
+        (self.out / "config.json").write_text(self.config.to_json() + "\n")
+
+    def _save(self) -> None:
+        save_atomic({
+            "config": asdict(self.config), "model_spec": asdict(self.spec),
+            "epoch": self.epoch, "step": self.step, "totals": dict(self.totals),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": rng_state(), "history_rows": self.log.rows(),
+        }, self.out / CHECKPOINT)
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        saved = load_checkpoint(self.out / CHECKPOINT)
+        if TrainConfig.from_dict(saved["config"]).recipe() != self.config.recipe():
+            raise ValueError(f"{self.out} was trained with other settings; resume with the saved config "
+                             f"({self.out / 'config.json'}) or start a new --out")
+        return saved
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        self.epoch, self.step, self.totals = saved["epoch"], saved["step"], saved["totals"]
+
+
+def _zero_totals() -> dict[str, float]:
+    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+def run_train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Run (or resume) a training run and return its result."""
+    return Trainer(config, resume=resume, progress=progress).run()
+
+
+__all__ = ["SUMMARY", "TrainResult", "Trainer", "TrainingDiverged", "run_train"]

@@ -1,0 +1,109 @@
+"""What a trained model is measured by: top-k accuracy and loss, parameters, FLOPs, inference throughput.
+
+FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one image: it counts 2 FLOPs per
+multiply-add of convolutions and matrix products and nothing for elementwise ops, pooling or
+normalisation. Papers' "FLOPs" for ResNets (4.1 G for ResNet-50) are multiply-adds, so both are
+reported: `flops` and `macs` = flops / 2.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from .recipe import autocast
+
+MAX_K = 5  # top-5, or top-(classes) when there are fewer classes
+
+
+def top_k(num_classes: int) -> int:
+    """The k of the second accuracy reported: 5, or the number of classes when it is smaller."""
+    return min(MAX_K, num_classes)
+
+
+def correct_top(logits: Tensor, labels: Tensor, ks: tuple[int, ...]) -> list[int]:
+    """How many of `labels` are among the top-k `logits`, for each k."""
+    ranked = logits.topk(max(ks), dim=1).indices  # (B, max k)
+    hits = ranked == labels.unsqueeze(1)  # (B, max k)
+    return [int(hits[:, :k].any(1).sum()) for k in ks]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy (no label smoothing)
+    top1: float  # fraction in [0, 1]
+    topk: float  # top-k fraction in [0, 1]
+    k: int
+    images: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None) -> EvalResult:
+    """Loss, top-1 and top-k of `model` over `loader`, in eval mode (restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    k = None
+    loss = 0.0
+    top1 = topk = seen = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(amp, device):
+            logits = model(x)
+        logits = logits.float()
+        k = k or top_k(logits.shape[1])
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        c1, ck = correct_top(logits, y, (1, k))
+        top1, topk, seen = top1 + c1, topk + ck, seen + len(y)
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("the evaluation split holds no images")
+    return EvalResult(loss / seen, top1 / seen, topk / seen, k or 1, seen)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """FLOPs of one forward pass on one image of `image_size`, in eval mode (2 per multiply-add)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, in_chans, image_size, image_size, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def inference_throughput(model: nn.Module, image_size: int, batch_size: int = 64, in_chans: int = 3,
+                         min_seconds: float = 1.0, min_batches: int = 3) -> float:
+    """Images per second of eval-mode forward passes on one fixed batch, after one warm-up pass."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, in_chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    with torch.inference_mode():
+        model(x)  # warm-up: allocator, kernel selection
+        _sync(device)
+        batches, start = 0, time.perf_counter()
+        while batches < min_batches or time.perf_counter() - start < min_seconds:
+            model(x)
+            batches += 1
+        _sync(device)
+        seconds = time.perf_counter() - start
+    model.train(was_training)
+    return batches * batch_size / seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -194,3 +194,11 @@ def test_moments_stay_accurate_with_an_offset_mean(axis, dims):
     third = (x64 - mean).pow(3).mean(dims, keepdim=True)
     torch.testing.assert_close(stats.var.double(), var, rtol=1e-4, atol=0)
     assert ((stats.third_moment.double() - third).abs() / var.pow(1.5)).max() < 1e-3
+
+
+def test_statistics_write_out_only_the_powers_they_need():
+    features = Features(torch.randn(2, 8, 5, 5))
+    features.hw.mean, features.c.mean, features.hw.max
+    assert not {"x2", "x3", "x4"} & set(vars(features)), "a power of the map was written out needlessly"
+    features.c.pnorm4
+    assert "x4" in vars(features) and "x3" not in vars(features)

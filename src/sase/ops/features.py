@@ -142,7 +142,7 @@ class Features:
         return x2.mul_(x2)
 
     def power(self, k: int) -> Tensor:
-        return (self.x32, self.x2, self.x3, self.x4)[k - 1]
+        return getattr(self, ("x32", "x2", "x3", "x4")[k - 1])  # only the power asked for is computed
 
     def spare_buffer(self, like: Tensor) -> Tensor | None:
         """Without autograd: a full-size buffer the statistics are done with, shaped and typed like `like`.

@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 from ..data import build_dataset
 from ..genotype import Genotype
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..utils.csvlog import append_csv, read_csv, truncate_csv
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from .architect import ORDERS, Architect
 from .config import SearchConfig
-from .report import alpha_summary, append_csv, plot_alpha_evolution, plot_alpha_heatmap, read_csv
+from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap
 from .supernet import Supernet
 
 CHECKPOINT = "checkpoint.pt"
@@ -205,8 +206,7 @@ class Search:
         }, self.out / CHECKPOINT)
 
     def _history_rows(self) -> int:
-        path = self.out / "history.csv"
-        return len(read_csv(path)) if path.exists() else 0
+        return len(read_csv(self.out / "history.csv"))
 
     def _load(self) -> None:
         state = load_checkpoint(self.out / CHECKPOINT)
@@ -220,7 +220,7 @@ class Search:
         self.architect.load_state_dict(state["architect"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.totals = state["epoch"], state["step"], state["totals"]
-        _truncate_csv(self.out / "history.csv", state["history_rows"])
+        truncate_csv(self.out / "history.csv", state["history_rows"])
 
 
 def _search_defining(config: SearchConfig) -> dict[str, Any]:
@@ -229,14 +229,6 @@ def _search_defining(config: SearchConfig) -> dict[str, Any]:
     for key in ("out", "workers", "checkpoint_every", "download"):
         d.pop(key)
     return d
-
-
-def _truncate_csv(path: Path, rows: int) -> None:
-    """Drop rows logged after the checkpoint (a crash between the log and the save)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[: rows + 1]) if rows else "")
 
 
 def _zero_totals() -> dict[str, float]:

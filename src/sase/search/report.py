@@ -1,7 +1,6 @@
 """What a search shows: per-epoch statistics of α, the CSV log, and the α plots."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,21 +28,6 @@ def alpha_summary(model: Supernet) -> dict[str, Any]:
             winners_free.append(parameter_free(edge.op_set, genotype.ops[e]))
     row["param_free_share"] = round(sum(winners_free) / len(winners_free), 4)
     return row
-
-
-def append_csv(path: Path, row: dict[str, Any]) -> None:
-    """Append a row, writing the header first when the file is new."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _grid(n: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import write_report
 
 from sase import create_model
 from sase.attention import ATTENTIONS
@@ -92,9 +93,7 @@ def main() -> None:
     print(setup)
     print(table)
     print(json.dumps({"sase_time_ratio": round(times["sase"] / base_t, 3)}))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Attention block overhead\n\n{setup}. Produced by `python benchmarks/block_overhead.py`.\n\n"
+    write_report(args.out, f"# Attention block overhead\n\n{setup}. Produced by `python benchmarks/block_overhead.py`.\n\n"
                    f"{table}\n")
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from report import write_report
 
 from sase import create_model
 from sase.search import Architect, Supernet
@@ -105,9 +106,7 @@ def main() -> None:
     last = f"first_order_units={t['1'] / t['plain']:.2f} second_order_units={t['2'] / t['plain']:.2f}"
     print(setup)
     print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Search step cost\n\n{setup}. Produced by `python benchmarks/search_step.py`.\n\n{table}\n\n"
+    write_report(args.out, f"# Search step cost\n\n{setup}. Produced by `python benchmarks/search_step.py`.\n\n{table}\n\n"
                    f"`{last}`\n")
     print(last)
 

@@ -36,29 +36,37 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def plot_alpha_heatmap(alpha: Tensor, path: Path, widths: Sequence[int] | None = None) -> None:
-    """softmax(α) per edge as a heatmap: one panel per edge, one row per α group."""
+    """softmax(α) per edge as a heatmap, values written in: one panel per edge, one row per α group.
+
+    The colour scale spans the smallest to the largest probability of the run (not 0 to 1), so the
+    small preferences of an early search are visible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     probs = torch.softmax(alpha.detach().float(), -1).numpy()  # (G, 6, K)
+    groups = len(probs)
+    labels = [f"width {w}" for w in widths] if widths and len(widths) == groups else ["shared"]
     rows, cols = _grid(len(EDGES))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 1.2 + 0.45 * len(probs) * rows + 1.2 * rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, (1.6 + 0.5 * groups) * rows), squeeze=False,
+                             layout="constrained")
+    lo, hi = float(probs.min()), float(probs.max())
     for ax, (e, edge) in zip(axes.flat, enumerate(EDGES)):
-        im = ax.imshow(probs[:, e, :], vmin=0, vmax=probs.max(), cmap="viridis", aspect="auto")
+        im = ax.imshow(probs[:, e, :], vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
         names = list(OPS[edge.op_set])
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        labels = [f"width {w}" for w in widths] if widths and len(widths) == len(probs) else ["shared"]
-        ax.set_yticks(range(len(probs)), labels[: len(probs)], fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(groups), labels[:groups], fontsize=8)
         ax.set_title(f"{e}: {edge.name}", fontsize=9)
-        for g in range(len(probs)):
-            best = probs[g, e].argmax()
-            ax.text(best, g, "*", ha="center", va="center", color="white", fontsize=12)
+        for g in range(groups):
+            best = int(probs[g, e].argmax())
+            for k, p in enumerate(probs[g, e]):
+                ax.text(k, g, f"{100 * p:.2f}" + ("*" if k == best else ""), ha="center", va="center",
+                        fontsize=7, color="black" if p > (lo + hi) / 2 else "white")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="softmax(α)")
-    fig.suptitle("α per edge at the end of the search (* = chosen)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.suptitle("softmax(α) per edge at the end of the search, in % (* = chosen)")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -71,15 +79,15 @@ def plot_alpha_evolution(rows: list[dict[str, str]], path: Path) -> None:
 
     epochs = [int(r["epoch"]) for r in rows]
     n_rows, cols = _grid(len(EDGES))
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.0 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.6 * cols, 3.2 * n_rows), squeeze=False, layout="constrained")
     for ax, edge in zip(axes.flat, EDGES):
         prefix = edge.name if f"alpha/{edge.name}/{next(iter(OPS[edge.op_set]))}" in rows[0] else f"g0/{edge.name}"
         for name in OPS[edge.op_set]:
             ax.plot(epochs, [float(r[f"alpha/{prefix}/{name}"]) for r in rows], marker="o", ms=3, label=name)
         ax.set_title(edge.name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle("softmax(α) over the search")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

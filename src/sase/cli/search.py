@@ -11,6 +11,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -35,9 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an attention block (DARTS)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
+    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"]}
     for name, help_text in FLAGS.items():
         kind = int if "int" in str(types[name]) else float if "float" in str(types[name]) else str
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text,
+                       choices=choices.get(name))
     p.add_argument("--per-stage", action="store_true", default=None, help="one α per stage instead of one shared")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="the SPEC's reference settings (paper: CIFAR-10, "

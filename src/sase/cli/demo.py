@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         pass  # a zoo name, not a genotype
     for channels in (64, 256, 2048):
-        print(f"{args.attention} block at {channels:>4} channels: {count(create_attention(args.attention, channels)):,} "
-              "parameters")
+        block = create_attention(args.attention, channels)
+        print(f"{args.attention} block at {channels:>4} channels: {count(block):,} parameters")
     plain = create_model(args.model, attention="none")
     # train mode: BatchNorm normalises with batch statistics, as it does in training. An untrained network in
     # eval mode runs on BatchNorm's initial statistics, and the unbounded `fc` excitation of the published

@@ -57,8 +57,13 @@ class Supernet(nn.Module):
     `attention(channels)` for each of its attention slots.
     """
 
-    def __init__(self, backbone: str | BackboneBuilder = "resnet20", num_classes: int | None = None, per_stage: bool = False,
-                 **backbone_kwargs: Any) -> None:
+    def __init__(
+        self,
+        backbone: str | BackboneBuilder = "resnet20",
+        num_classes: int | None = None,
+        per_stage: bool = False,
+        **backbone_kwargs: Any,
+    ) -> None:
         super().__init__()
         self.per_stage = per_stage
         self._edge_weights = EdgeWeights()

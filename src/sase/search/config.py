@@ -1,15 +1,18 @@
 """Search settings: a dataclass whose defaults are the quick offline run, with SPEC §3's as a preset."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+
+from ..utils.config import RunConfig
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(RunConfig):
     """Everything a search run depends on; saved as config.json next to its outputs."""
+
+    KIND = "search"
+    KNOBS = ("out", "workers", "checkpoint_every", "download")  # may differ on resume: they do not change the result
 
     dataset: str = "digits"  # digits (bundled, offline) | cifar10 | cifar100 | imagefolder
     data: str | None = None  # dataset root; not needed for digits
@@ -50,26 +53,6 @@ class SearchConfig:
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be between 0 and epochs ({self.epochs}), got {self.warmup_epochs}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown search setting(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SearchConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def with_preset(self, name: str) -> SearchConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(PRESETS)}")
-        return replace(self, **PRESETS[name])
-
 
 PRESETS: dict[str, dict[str, Any]] = {
     # SPEC §3: the proxy task of the paper (CIFAR-10, ResNet-20, batch 128, 100 epochs, second order)
@@ -77,3 +60,4 @@ PRESETS: dict[str, dict[str, Any]] = {
                   train_portion=0.5, lr=0.025, lr_min=1e-4, momentum=0.9, weight_decay=5e-4, grad_clip=5.0,
                   arch_lr=3e-4, arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),
 }
+SearchConfig.PRESETS = PRESETS

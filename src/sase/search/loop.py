@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -211,7 +210,7 @@ class Search:
     def _load(self) -> None:
         state = load_checkpoint(self.out / CHECKPOINT)
         saved = SearchConfig.from_dict(state["config"])
-        if _search_defining(saved) != _search_defining(self.config):
+        if saved.recipe() != self.config.recipe():
             raise ValueError(f"{self.out} was searched with other settings; resume with the saved "
                              f"config ({self.out / 'config.json'}) or start a new --out")
         self.model.load_state_dict(state["model"])
@@ -221,14 +220,6 @@ class Search:
         set_rng_state(state["rng"])
         self.epoch, self.step, self.totals = state["epoch"], state["step"], state["totals"]
         truncate_csv(self.out / "history.csv", state["history_rows"])
-
-
-def _search_defining(config: SearchConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with the saved one (where output goes and speed knobs excepted)."""
-    d = asdict(config)
-    for key in ("out", "workers", "checkpoint_every", "download"):
-        d.pop(key)
-    return d
 
 
 def _zero_totals() -> dict[str, float]:

@@ -1,17 +1,21 @@
 """Training settings: a dataclass whose defaults are the quick offline run, with SPEC §5's recipe as a preset."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+
+from ..utils.config import RunConfig
 
 AMP_MODES = ("bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything a training run depends on; saved as config.json next to its outputs."""
+
+    KIND = "training"
+    # may differ on resume: they do not change the result
+    KNOBS = ("out", "workers", "checkpoint_every", "download", "device")
 
     model: str = "resnet20"  # a sase.models name: resnet20/56/110 (CIFAR style), resnet18/34/50/101 (ImageNet)
     attention: str = "paper"  # a zoo name (none, se, eca, cbam, ...), a genotype preset, or a genotype JSON path
@@ -53,33 +57,6 @@ class TrainConfig:
         if self.lr <= 0 or not 0 <= self.lr_min <= self.lr:
             raise ValueError(f"need 0 < lr and 0 <= lr_min <= lr, got lr={self.lr}, lr_min={self.lr_min}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def with_preset(self, name: str) -> TrainConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(PRESETS)}")
-        return replace(self, **PRESETS[name])
-
-    def recipe(self) -> dict[str, Any]:
-        """The settings that decide what a run computes (not where it writes or how fast it loads)."""
-        d = asdict(self)
-        for key in ("out", "workers", "checkpoint_every", "download", "device"):
-            d.pop(key)
-        return d
-
 
 PRESETS: dict[str, dict[str, Any]] = {
     # SPEC §5: ImageNet-1k, ResNet-50 (ResNet-101 with --model); the crops and jitter come from the data module
@@ -91,3 +68,4 @@ PRESETS: dict[str, dict[str, Any]] = {
                   momentum=0.9, nesterov=False, weight_decay=5e-4, warmup_epochs=1.0, label_smoothing=0.0,
                   grad_clip=5.0),
 }
+TrainConfig.PRESETS = PRESETS

@@ -203,7 +203,7 @@ def _powers(t: Tensor, k: int) -> Tensor:
     if k == 1:
         return t
     t2 = t * t
-    return (t, t2, t2 * t, t2 * t2)[k - 1]
+    return t2 if k == 2 else t2 * (t if k == 3 else t2)
 
 
 def wide(t: Tensor) -> Tensor:

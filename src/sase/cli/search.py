@@ -9,7 +9,6 @@ import argparse
 import sys
 import time
 from dataclasses import fields, replace
-from pathlib import Path
 
 from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search
@@ -64,10 +63,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.resume:
-        saved = Path(config.out) / "config.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
-        config = replace(SearchConfig.load(saved), workers=config.workers)  # the run's own settings
+        config = SearchConfig.resumed(config.out, workers=config.workers)  # the run's own settings
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
           f"{config.epochs} epochs, batch {config.batch_size} -> {config.out}")
     try:

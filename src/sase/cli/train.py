@@ -9,7 +9,6 @@ import argparse
 import sys
 import time
 from dataclasses import fields, replace
-from pathlib import Path
 
 from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
 from ..train.plots import si
@@ -78,12 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--resume needs --out, the folder of the run to resume")
     config = config_from_args(args, **({} if args.out else {"out": time.strftime("runs/train-%Y%m%d-%H%M%S")}))
     if args.resume:
-        saved = Path(config.out) / "config.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
         # the run's own settings; only the speed knobs may change
-        config = replace(TrainConfig.load(saved), **{k: getattr(args, k) for k in RESUME_KNOBS
-                                                     if getattr(args, k) is not None})
+        config = TrainConfig.resumed(config.out, **{k: getattr(args, k) for k in RESUME_KNOBS})
     print(f"training: {config.model} + {config.attention} on {config.dataset}, {config.epochs} epochs, batch "
           f"{config.batch_size}, lr {config.lr}, {config.amp or 'float32'} -> {config.out}")
     try:

@@ -31,6 +31,14 @@ class RunConfig:
     def load(cls: type[C], path: str | Path) -> C:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    @classmethod
+    def resumed(cls: type[C], out: str | Path, **knobs: Any) -> C:
+        """The settings saved in run folder `out`; the given `knobs` (unset ones skipped) replace theirs."""
+        saved = Path(out) / "config.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
+        return replace(cls.load(saved), **{k: v for k, v in knobs.items() if v is not None})  # type: ignore[type-var]
+
     def with_preset(self: C, name: str) -> C:
         if name not in self.PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(self.PRESETS)}")

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 
+import numpy as np
 import pytest
 
 from sase import EDGE_NAMES, EDGES, OPS, Genotype, GenotypeError
+from sase.genotype import random_genotypes
 
 PAPER = {
     "channel_squeeze": "gap_gmp",
@@ -87,3 +91,38 @@ def test_malformed_json_file_names_the_file(tmp_path):
 def test_wrong_number_of_ops():
     with pytest.raises(GenotypeError, match="6 op names"):
         Genotype(("gap",))
+
+
+def test_random_genotypes_are_valid_seeded_and_distinct():
+    drawn = random_genotypes(50, seed=0)
+    assert len(set(drawn)) == 50 and all(isinstance(g, Genotype) for g in drawn)
+    assert all(g[e.name] in OPS[e.op_set] for g in drawn for e in EDGES)
+    assert random_genotypes(50, seed=0) == drawn and random_genotypes(50, seed=1) != drawn
+    assert random_genotypes(7, seed=0) == drawn[:7]  # asking for more keeps the earlier draws
+    assert Genotype.random(np.random.RandomState(0)) == Genotype.random(0) == drawn[0]
+    # RandomState's stream is fixed by NumPy: the first draw of seed 0 is the same on every machine
+    assert drawn[0].ops == ("gap_std", "conv1d_3x3", "fc", "gap_gmp", "gap_gmp", "conv_5")
+
+
+def test_random_genotypes_are_uniform_over_each_edge():
+    drawn = random_genotypes(3000, seed=5)
+    for edge in EDGES:
+        counts = Counter(g[edge.name] for g in drawn)
+        assert set(counts) == set(OPS[edge.op_set])
+        expected = len(drawn) / len(OPS[edge.op_set])  # about 429 each; its binomial std is about 19
+        assert all(abs(c - expected) < 6 * math.sqrt(expected) for c in counts.values()), (edge.name, counts)
+
+
+@pytest.mark.parametrize("k", [0, -1, math.prod(len(OPS[e.op_set]) for e in EDGES) + 1])
+def test_random_genotypes_count_is_bounded_by_the_search_space(k):
+    with pytest.raises(ValueError, match="search space"):
+        random_genotypes(k)
+
+
+def test_random_genotypes_can_exhaust_a_small_space(monkeypatch):
+    """With two ops per set the space holds 2^6 = 64 genotypes: asking for 64 must give each one once."""
+    monkeypatch.setattr("sase.genotype.OPS", {s: dict(list(r.items())[:2]) for s, r in OPS.items()})
+    drawn = random_genotypes(64, seed=0)
+    assert len(set(drawn)) == 64
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        random_genotypes(65)

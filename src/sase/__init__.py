@@ -9,6 +9,8 @@ from .cell import EDGE_NAMES, EDGES, Cell
 from .genotype import Genotype, GenotypeError
 from .models import MODELS, create_model
 from .ops import OPS
+from .stage_genotypes import StageGenotypes
 
-__all__ = ["OPS", "EDGES", "EDGE_NAMES", "Cell", "Genotype", "GenotypeError", "SASEBlock", "MODELS", "create_model"]
+__all__ = ["OPS", "EDGES", "EDGE_NAMES", "Cell", "Genotype", "GenotypeError", "StageGenotypes", "SASEBlock", "MODELS",
+           "create_model"]
 __version__ = "0.1.0"

@@ -8,11 +8,14 @@ JSON form, one key per edge in cell order:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
+
+import numpy as np
 
 from .cell import EDGE_NAMES, EDGES
 from .ops import OPS
@@ -102,6 +105,17 @@ class Genotype(Mapping):
         raise GenotypeError(f"cannot make a genotype from {type(spec).__name__}; give a Genotype, a preset name "
                             f"({', '.join(PRESETS)}), JSON text or a JSON file path")
 
+    @classmethod
+    def random(cls, rng: np.random.RandomState | int) -> Genotype:
+        """A genotype drawn uniformly from the search space: each edge's op uniform over its registry.
+
+        `rng` is a NumPy RandomState or its seed; RandomState's stream is frozen by NumPy, so a seed
+        draws the same genotype on every machine and version.
+        """
+        rng = rng if isinstance(rng, np.random.RandomState) else np.random.RandomState(rng)
+        choices = [list(OPS[edge.op_set]) for edge in EDGES]
+        return cls(tuple(names[rng.randint(len(names))] for names in choices))
+
     # -- output
     def to_dict(self) -> dict[str, str]:
         return dict(zip(EDGE_NAMES, self.ops))
@@ -115,6 +129,24 @@ class Genotype(Mapping):
 
 
 GenotypeSpec = Union[Genotype, Mapping, str, os.PathLike]
+
+
+def random_genotypes(k: int, seed: int = 0) -> list[Genotype]:
+    """`k` distinct genotypes drawn uniformly from the search space, a repeat drawn again.
+
+    The random-search baseline of Li & Talwalkar, "Random Search and Reproducibility for Neural
+    Architecture Search" (UAI 2019). The draws come in sequence from one stream, so the first j of
+    `random_genotypes(k, seed)` are `random_genotypes(j, seed)`: asking for more keeps the earlier ones.
+    """
+    space = math.prod(len(OPS[edge.op_set]) for edge in EDGES)
+    if not 1 <= k <= space:
+        raise ValueError(f"the number of random genotypes is between 1 and {space} (the size of the search "
+                         f"space), got {k}")
+    rng = np.random.RandomState(seed)
+    drawn: dict[Genotype, None] = {}  # a dict keeps the order of first draw
+    while len(drawn) < k:
+        drawn.setdefault(Genotype.random(rng))
+    return list(drawn)
 
 
 def _check_op(edge: str, op_set: str, op: Any) -> None:

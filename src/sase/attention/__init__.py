@@ -2,7 +2,9 @@
 
 `create_attention(spec, channels)` builds any of them: a zoo name (`none`, `se`, `eca`, `cbam`,
 `srm`, `gct`, `fca`, `gsop`, `simam`), `sase` / any genotype (preset name, JSON text, JSON path,
-`Genotype`), or a callable taking `channels` (a class or partial, as timm's `attn_layer`).
+`Genotype`), per-stage genotypes (`StageGenotypes`, or the JSON text or path of a width -> genotype
+object: the block gets the genotype of its width), or a callable taking `channels` (a class or
+partial, as timm's `attn_layer`).
 SE, ECA and CBAM are timm's own modules (SPEC §7).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from ..block import SASEBlock
 from ..genotype import Genotype, GenotypeError
+from ..stage_genotypes import StageGenotypes, genotype_or_stages
 from .fca import FCA
 from .gct import GCT
 from .gsop import GSoP
@@ -25,7 +28,7 @@ from .simam import SimAM
 from .srm import SRM
 
 AttentionFactory = Callable[..., nn.Module]
-AttentionSpec = Union[str, Genotype, Mapping, AttentionFactory, None]
+AttentionSpec = Union[str, Genotype, StageGenotypes, Mapping, AttentionFactory, None]
 
 
 def _identity(channels: int, **_: Any) -> nn.Module:
@@ -49,7 +52,8 @@ ATTENTIONS: dict[str, AttentionFactory] = {
 def create_attention(spec: AttentionSpec, channels: int, **kwargs: Any) -> nn.Module:
     """Build the attention module `spec` names for a map of `channels` channels.
 
-    Extra keywords (e.g. timm's `device` / `dtype`) go to the module's constructor.
+    Extra keywords (e.g. timm's `device` / `dtype`) go to the module's constructor. Per-stage
+    genotypes without an entry for `channels` raise a GenotypeError naming the widths they cover.
     """
     if spec is None:
         return nn.Identity()
@@ -58,10 +62,12 @@ def create_attention(spec: AttentionSpec, channels: int, **kwargs: Any) -> nn.Mo
     if callable(spec) and not isinstance(spec, (str, Genotype, Mapping)):
         return spec(channels, **kwargs)
     try:
-        genotype = Genotype.resolve(spec)
+        genotype = genotype_or_stages(spec)
     except GenotypeError as err:
         raise ValueError(f"unknown attention {spec!r}: not one of {', '.join(ATTENTIONS)} "
                          f"and not a genotype ({err})") from None
+    if isinstance(genotype, StageGenotypes):
+        genotype = genotype.genotype_for(channels)
     return SASEBlock(channels, genotype=genotype, **kwargs)
 
 

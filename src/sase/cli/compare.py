@@ -2,7 +2,11 @@
 
 Every (attention, seed) is a training run in OUT/cells/<attention>-seed<k>/. Rerunning with the same
 --out reads finished runs and resumes unfinished ones, so an interrupted comparison continues where it
-stopped. Writes OUT/comparison.md (the table), comparison.json and comparison.png (top-1 bar chart).
+stopped. `random:K` among the attentions adds K distinct genotypes drawn uniformly from the search space
+(seeded by --random-seed, written to OUT/random/random-<i>.json), the random-search baseline. Writes
+OUT/comparison.md (the table: mean, std and 95% CI over seeds, and the differences to none and to the
+best hand-designed module paired by seed), comparison.json and comparison.png (top-1 bars with the CI).
+A genotype whose search left α undecided (verdict.json beside it) is shown as "LABEL (undecided)".
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import argparse
 import sys
 
 from ..train import TrainingDiverged
-from ..train.compare import markdown_table, parse_entries, run_compare
+from ..train.compare import markdown_table, parse_entries, run_compare, search_verdict, shown_label
 from .train import add_recipe_flags, config_from_args
 
 DEFAULT_ATTENTIONS = "none,se,cbam,eca,paper"
@@ -20,9 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train attention modules under one recipe over seeds and compare them",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attentions", default=DEFAULT_ATTENTIONS,
-                   help="comma-separated: zoo names, presets, genotype JSON paths, or LABEL=NAME_OR_PATH "
-                        f"(default: {DEFAULT_ATTENTIONS})")
+                   help="comma-separated: zoo names, presets, genotype JSON paths, LABEL=NAME_OR_PATH, or "
+                        f"random:K for K random genotypes (default: {DEFAULT_ATTENTIONS})")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--random-seed", type=int, default=0, help="seed of the random:K genotypes (default: 0)")
     add_recipe_flags(p, skip=("attention", "seed", "out"))
     p.add_argument("--out", default="runs/compare", help="comparison folder (default: runs/compare)")
     p.set_defaults(command="compare")
@@ -39,13 +44,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    entries = parse_entries(args.attentions)
     seeds = parse_seeds(args.seeds)
     base = config_from_args(args, out=args.out)
-    print(f"comparing {', '.join(e.label for e in entries)} on {base.model} / {base.dataset}, {base.epochs} epochs, "
+    entries = parse_entries(args.attentions, out=args.out, random_seed=args.random_seed)
+    shown = ", ".join(shown_label(e.label, search_verdict(e.attention)) for e in entries)
+    print(f"comparing {shown} on {base.model} / {base.dataset}, {base.epochs} epochs, "
           f"seeds {', '.join(map(str, seeds))} -> {args.out}")
     try:
-        rows = run_compare(base, entries, seeds, args.out, progress=not args.quiet)
+        rows = run_compare(base, entries, seeds, args.out, progress=not args.quiet, random_seed=args.random_seed)
     except TrainingDiverged as err:
         print(f"sase compare: {err}", file=sys.stderr)
         return 1

@@ -1,7 +1,12 @@
 """`sase search`: find an attention block by DARTS on a backbone and a dataset.
 
-With no arguments it runs offline on scikit-learn's bundled digits through the CIFAR ResNet-20
-supernet, second order, in a few minutes on two CPU cores.
+With no arguments it runs offline on the bundled digits through the CIFAR ResNet-20
+supernet, second order, in a few minutes on two CPU cores. Every search ends with a verdict: α is
+*decided* when on every edge the top candidate leads the runner-up by at least --decided-margin in
+probability; an undecided search warns, and its verdict.json says "decided": false.
+
+With --seeds 0,1,2 it runs one search per seed (OUT/seed-<k>/, each resumable) and writes a
+stability report to OUT: how often each edge's choice recurs, and the consensus genotype.
 """
 from __future__ import annotations
 
@@ -11,11 +16,13 @@ import time
 from dataclasses import fields, replace
 
 from ..data import DATASETS
-from ..search import PRESETS, SearchConfig, SearchDiverged, run_search
+from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
+from ..search.config import SELECTIONS
+from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
-    "dataset": "dataset: digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
+    "dataset": "dataset: digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
     "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
     "backbone": "supernet backbone: resnet20 | resnet56 | resnet110 | resnet18 | ... | timm/<resnet name>",
     "order": "architecture gradient: 1 (first order), 2 (second order, finite difference), exact",
@@ -24,8 +31,15 @@ FLAGS = {
     "seed": "random seed (split, init, data order)",
     "image_size": "input size (default: the dataset's own)",
     "lr": "initial weight learning rate",
+    "arch_lr": "α learning rate (Adam). Default: 3e-4 x 19,500 / (this run's α steps), the α travel of the "
+               "paper's 100-epoch search spread over this run; the paper preset uses 3e-4",
     "warmup_epochs": "epochs that train the weights with α frozen",
     "steps_per_epoch": "cap on steps per epoch",
+    "decided_margin": "an edge is decided when its top candidate leads the runner-up by this much probability "
+                      "(default 0.1)",
+    "select": "how the genotype is derived: argmax of α (DARTS) or perturbation (DARTS-PT, Wang et al., ICLR "
+              "2021: the candidate whose removal costs the supernet most validation accuracy)",
+    "beta_decay": "λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables",
     "workers": "data loader worker processes",
     "out": "run folder (default: runs/search-<time>)",
 }
@@ -35,15 +49,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an attention block (DARTS)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
-    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"]}
+    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS)}
     for name, help_text in FLAGS.items():
         kind = int if "int" in str(types[name]) else float if "float" in str(types[name]) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text,
                        choices=choices.get(name))
+    p.add_argument("--seeds", help="comma-separated seeds: one search per seed in OUT/seed-<k>, then a stability "
+                   "report and the consensus genotype in OUT")
     p.add_argument("--per-stage", action="store_true", default=None, help="one α per stage instead of one shared")
+    p.add_argument("--track-hessian", action="store_true", default=None, help="track the dominant eigenvalue of the "
+                   "α Hessian of the validation loss every epoch (Zela et al., ICLR 2020: its growth signals "
+                   "collapse); written to history.csv and hessian.png")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="the SPEC's reference settings (paper: CIFAR-10, "
-                   "ResNet-20, 100 epochs, second order); flags given explicitly still win")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (paper: CIFAR-10, ResNet-20, 100 "
+                   "epochs, second order, α lr 3e-4); flags given explicitly still win")
     p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(command="search")
@@ -61,12 +80,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds is not None and args.seed is not None:
+        raise ValueError("give --seed for one search or --seeds for several, not both")
     config = config_from_args(args)
-    if args.resume:
+    if args.resume and args.seeds is None:
         config = SearchConfig.resumed(config.out, workers=config.workers)  # the run's own settings
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
           f"{config.epochs} epochs, batch {config.batch_size} -> {config.out}")
     try:
+        if args.seeds is not None:
+            return _run_seeds(config, parse_seeds(args.seeds), progress=not args.quiet)
         result = run_search(config, resume=args.resume, progress=not args.quiet)
     except SearchDiverged as err:
         print(f"sase search: {err}", file=sys.stderr)
@@ -75,7 +98,25 @@ def run(args: argparse.Namespace) -> int:
     if config.per_stage:
         for width, g in zip(result.widths, result.genotypes):
             print(f"  stage of width {width}: {g.to_json(indent=None)}")
+    print(f"{result.verdict.summary()}; α lr {result.arch_lr:.3g}")
+    if not result.verdict.decided:
+        print(result.verdict.warning(), file=sys.stderr)
     print(f"done: {config.epochs} epochs in {result.seconds:.0f} s, supernet val acc {result.val_acc:.3f}; "
-          f"files in {result.out}/ (genotype.json, history.csv, alpha_heatmap.png, alpha_evolution.png, "
-          "checkpoint.pt, config.json)")
+          f"files in {result.out}/ (genotype.json, verdict.json, history.csv, alpha_heatmap.png, "
+          "alpha_evolution.png, checkpoint.pt, config.json)")
+    return 0
+
+
+def _run_seeds(config: SearchConfig, seeds: list[int], progress: bool) -> int:
+    stability, _ = run_seeds(config, seeds, progress=progress)
+    report = write_stability(stability, config.out)
+    for seed, g, decided in zip(stability.seeds, stability.genotypes, stability.decided):
+        print(f"  seed {seed}: {g.to_json(indent=None)} ({'decided' if decided else 'UNDECIDED'})")
+    print(f"consensus genotype: {stability.consensus().to_json(indent=None)}; agreement with the modal op "
+          f"{100 * report['agreement']:.0f}% per edge; {sum(stability.decided)}/{len(seeds)} searches decided")
+    if not report["all_decided"]:
+        print("warning: some searches ended undecided; their choices are close to random picks. Search longer "
+              "(--epochs) or give α a larger learning rate (--arch-lr).", file=sys.stderr)
+    print(f"files in {config.out}/ (stability.md, stability.json, stability.png, genotype.json, verdict.json, "
+          "seed-<k>/)")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from .cifar import build_cifar10, build_cifar100
+from .cluttered import build_cluttered_digits
 from .digits import build_digits
 from .imagefolder import FolderCheck, ImageFolderDataset, build_imagefolder
 from .in_memory import InMemoryImages
@@ -18,6 +19,7 @@ from .spec import DatasetBuilder, DataSpec, PathLike
 
 DATASETS: dict[str, DatasetBuilder] = {
     "digits": build_digits,  # scikit-learn's bundled 8x8 digits: needs no files, the offline default
+    "cluttered-digits": build_cluttered_digits,  # one digit among fragments of others on 32x32: offline, harder
     "cifar10": build_cifar10,  # python version of CIFAR-10 under root (SPEC §3)
     "cifar100": build_cifar100,  # python version of CIFAR-100 under root
     "imagefolder": build_imagefolder,  # root/train/<class>/<image>, root/val/<class>/<image> (SPEC §5)
@@ -28,7 +30,8 @@ def build_dataset(name: str, root: PathLike | None = None, *, train: bool, augme
                   image_size: int | None = None, download: bool = False) -> tuple[Dataset, DataSpec]:
     """One split of dataset `name`: the training split if `train`, else the test / validation split.
 
-    `augment` defaults to `train`; `image_size` to the dataset's own (digits 16, CIFAR 32, folders 224).
+    `augment` defaults to `train`; `image_size` to the dataset's own (digits 16, cluttered digits 32,
+    CIFAR 32, folders 224).
     `download` fetches CIFAR when its files are missing; nothing else can be downloaded.
     """
     if name not in DATASETS:

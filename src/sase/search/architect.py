@@ -6,6 +6,10 @@ then  ∇α L_val(w', α) - ξ ∇²_{α,w} L_train(w, α) · v,  v = ∇w' L_va
 the Hessian-vector product by a central finite difference (`order=2`) or by double backward
 (`order="exact"`). Every loss is evaluated with `torch.func.functional_call` on a dict of tensors:
 no second copy of the network, and the network's own weights and buffers are never written.
+
+With `beta_decay` the α objective also holds weight · L_β(α), Beta-Decay (β-DARTS, Ye et al., CVPR
+2022; see `regularizers`). L_β depends on α alone, so its gradient is added to the hypergradient of
+any order; the loss an α step reports stays the plain validation loss.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from .regularizers import beta_decay_loss
 from .supernet import Supernet
 
 Order = Literal[1, 2, "exact"]
@@ -36,11 +41,17 @@ class Architect:
         weight_decay: float = 1e-3,
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
         fd_scale: float = 0.01,
+        beta_decay: float = 0.0,
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
+        if beta_decay < 0:
+            raise ValueError(f"beta_decay must be >= 0, got {beta_decay}")
         self.model, self.w_optimizer, self.order, self.loss_fn = model, w_optimizer, order, loss_fn
         self.fd_scale = fd_scale  # ε = fd_scale / ‖v‖ (SPEC §3: 0.01)
+        self.beta_decay = beta_decay  # λ of Beta-Decay
+        # the weight of L_β in use: λ unless the search loop ramps it (`regularizers.beta_decay_weight`)
+        self.beta_weight = beta_decay
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:
@@ -52,7 +63,15 @@ class Architect:
         return loss
 
     def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, float]:
-        """(∇α of the chosen order, validation loss), without stepping anything."""
+        """(∇α of the chosen order + beta_weight · ∇α L_β, validation loss), without stepping anything."""
+        grad, loss = self.hypergradient(train_batch, val_batch, xi)
+        if self.beta_weight:
+            alpha = self.model.alpha.detach().requires_grad_()
+            grad = grad + self.beta_weight * torch.autograd.grad(beta_decay_loss(alpha), alpha)[0]
+        return grad, loss
+
+    def hypergradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, float]:
+        """(∇α of the validation loss, of the chosen order, validation loss)."""
         xi = self.w_optimizer.param_groups[0]["lr"] if xi is None else xi
         weights = {n: p.detach() for n, p in self.model.named_weight_parameters()}
         alpha = self.model.alpha.detach().requires_grad_()

@@ -5,6 +5,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..utils.config import RunConfig
+from .verdict import DECIDED_MARGIN
+
+# SPEC §3: Adam at lr 3e-4 for 100 epochs of 195 α steps (25,000 CIFAR-10 images in batches of 128). Adam moves
+# each coordinate by about lr per step whatever the gradient's scale, so this is how far α may travel in the
+# paper's search; a shorter run gets the same travel with a proportionally larger lr.
+REFERENCE_ARCH_LR = 3e-4
+REFERENCE_ALPHA_STEPS = 100 * 195
+MAX_ARCH_LR = 0.3  # a very short run: past this, single noisy steps would swing α by whole logits
+SELECTIONS = ("argmax", "perturbation")
 
 
 @dataclass(frozen=True)
@@ -31,13 +40,17 @@ class SearchConfig(RunConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     grad_clip: float = 5.0  # max gradient norm of the weights; 0 disables
-    # α: Adam (SPEC §3)
-    arch_lr: float = 3e-4
+    # α: Adam (SPEC §3: lr 3e-4 over the paper's 19,500 α steps)
+    arch_lr: float | None = None  # None: matched to the run's α steps (see budget_arch_lr); the paper preset: 3e-4
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     arch_weight_decay: float = 1e-3
     warmup_epochs: int = 0  # epochs that train w only, α frozen
     steps_per_epoch: int | None = None  # cap on steps per epoch (None: the whole split)
+    decided_margin: float = DECIDED_MARGIN  # an edge is decided when its top candidate leads by this probability
+    select: str = "argmax"  # argmax (DARTS) | perturbation (DARTS-PT, Wang et al., ICLR 2021)
+    beta_decay: float = 0.0  # λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables
+    track_hessian: bool = False  # dominant eigenvalue of the α Hessian of the validation loss, every epoch
     checkpoint_every: int = 20  # steps between checkpoints (one is also written at every epoch end)
     workers: int = 0  # DataLoader worker processes
     out: str = "runs/search"
@@ -50,14 +63,52 @@ class SearchConfig(RunConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion must be between 0 and 1, got {self.train_portion}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be between 0 and epochs ({self.epochs}), got {self.warmup_epochs}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be between 0 and epochs - 1 ({self.epochs - 1}): α needs at least "
+                             f"one epoch to move; got {self.warmup_epochs}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        _check_range(self, "lr", 0, None, open_low=True)
+        _check_range(self, "lr_min", 0, self.lr)
+        _check_range(self, "momentum", 0, 1, open_high=True)
+        for name in ("weight_decay", "grad_clip", "arch_weight_decay", "beta_decay"):
+            _check_range(self, name, 0, None)
+        if self.arch_lr is not None:
+            _check_range(self, "arch_lr", 0, None, open_low=True)
+        for name in ("arch_beta1", "arch_beta2"):
+            _check_range(self, name, 0, 1, open_high=True)
+        _check_range(self, "decided_margin", 0, 1, open_low=True)
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
+
+    def alpha_steps(self, steps_per_epoch: int) -> int:
+        """How many α steps the run takes: every step of every epoch after the warm-up."""
+        return (self.epochs - self.warmup_epochs) * steps_per_epoch
+
+    def resolved_arch_lr(self, steps_per_epoch: int) -> float:
+        """The α learning rate: the one given, else the paper's α travel spread over this run's α steps."""
+        if self.arch_lr is not None:
+            return self.arch_lr
+        return min(REFERENCE_ARCH_LR * REFERENCE_ALPHA_STEPS / self.alpha_steps(steps_per_epoch), MAX_ARCH_LR)
+
+
+def _check_range(config: SearchConfig, name: str, low: float, high: float | None, open_low: bool = False,
+                 open_high: bool = False) -> None:
+    """A one-line error naming the setting, its value and its valid range."""
+    value = getattr(config, name)
+    too_low = value <= low if open_low else value < low
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if too_low or too_high or value != value:  # value != value: NaN
+        lo, hi = "(" if open_low else "[", ")" if open_high or high is None else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {'inf' if high is None else high}{hi}, got {value}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # SPEC §3: the proxy task of the paper (CIFAR-10, ResNet-20, batch 128, 100 epochs, second order)
     "paper": dict(dataset="cifar10", backbone="resnet20", order="2", epochs=100, batch_size=128,
                   train_portion=0.5, lr=0.025, lr_min=1e-4, momentum=0.9, weight_decay=5e-4, grad_clip=5.0,
-                  arch_lr=3e-4, arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),
+                  arch_lr=REFERENCE_ARCH_LR, arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),
 }
 SearchConfig.PRESETS = PRESETS

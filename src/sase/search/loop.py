@@ -28,10 +28,15 @@ from ..utils.csvlog import append_csv, read_csv, truncate_csv
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from .architect import ORDERS, Architect
 from .config import SearchConfig
-from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap
-from .supernet import Supernet
+from .hessian import dominant_eigenvalue
+from .regularizers import beta_decay_weight
+from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
+from .select import perturbation_select
+from .supernet import Supernet, main_genotype
+from .verdict import VERDICT, Verdict, judge, verdict_columns
 
 CHECKPOINT = "checkpoint.pt"
+HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
 
 
 class SearchDiverged(RuntimeError):
@@ -46,6 +51,9 @@ class SearchResult:
     out: Path
     val_acc: float
     seconds: float
+    verdict: Verdict  # whether α decided on every edge (see sase.search.verdict)
+    arch_lr: float  # the α learning rate the run used
+    probs: list  # softmax(α) at the end, (groups, 6 edges, K candidates) as nested lists
 
 
 class Search:
@@ -64,11 +72,12 @@ class Search:
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
-        self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=config.arch_lr,
-                                   betas=(config.arch_beta1, config.arch_beta2),
-                                   weight_decay=config.arch_weight_decay)
         self.fit_batches = self._batches(self.fit_idx, config.seed)
         self.val_batches = self._batches(self.val_idx, config.seed + 1)
+        self.arch_lr = config.resolved_arch_lr(self.steps_per_epoch())
+        self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=self.arch_lr,
+                                   betas=(config.arch_beta1, config.arch_beta2),
+                                   weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay)
         self.epoch, self.step, self.totals = 0, 0, _zero_totals()
         if resume:
             self._load()
@@ -90,6 +99,7 @@ class Search:
     def run(self) -> SearchResult:
         start = time.perf_counter()
         for epoch in range(self.epoch, self.config.epochs):
+            self.architect.beta_weight = beta_decay_weight(self.config.beta_decay, epoch, self.config.epochs)
             self._train_epoch(epoch)
             val_loss, val_acc = self.evaluate()
             self._end_epoch(epoch, val_loss, val_acc)
@@ -140,10 +150,8 @@ class Search:
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
         self.model.eval()
-        loader = DataLoader(Subset(self.eval_set, self.val_idx), batch_size=2 * self.config.batch_size,
-                            num_workers=self.config.workers)
         loss = correct = seen = 0
-        for x, y in loader:
+        for x, y in self._eval_loader():
             logits = self.model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
@@ -164,7 +172,10 @@ class Search:
                "train_loss": round(t["loss"] / max(t["seen"], 1), 6),
                "train_acc": round(t["correct"] / max(t["seen"], 1), 6),
                "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-               "genotype": self.model.genotype().to_json(indent=None)}
+               "genotype": self.model.genotype().to_json(indent=None), "arch_lr": self.arch_lr}
+        if self.config.track_hessian:
+            row["hessian_eigenvalue"] = round(dominant_eigenvalue(self.model, self._hessian_batches()), 6)
+        row.update(verdict_columns(self.verdict(), len(self.model.alpha)))
         row.update(alpha_summary(self.model))
         append_csv(self.out / "history.csv", row)
         self.scheduler.step()
@@ -172,19 +183,49 @@ class Search:
         self._write_genotypes()
         self._save()
 
+    def verdict(self) -> Verdict:
+        return judge(self.model.alpha, self.config.decided_margin)
+
     def _finish(self, seconds: float) -> SearchResult:
-        self._write_genotypes()
+        genotypes = self._select()
+        self._write_genotypes(genotypes)
+        verdict = self.verdict()
+        verdict.write(self.out)
         plot_alpha_heatmap(self.model.alpha, self.out / "alpha_heatmap.png", self.model.stage_widths)
         rows = read_csv(self.out / "history.csv")
         plot_alpha_evolution(rows, self.out / "alpha_evolution.png")
+        if self.config.track_hessian:
+            plot_hessian(rows, self.out / "hessian.png")
         val_acc = float(rows[-1]["val_acc"]) if rows else float("nan")
-        return SearchResult(self.model.genotype(), self.model.genotypes(), self.model.stage_widths, self.out, val_acc,
-                            seconds)
+        return SearchResult(main_genotype(self.model, genotypes), genotypes, self.model.stage_widths, self.out,
+                            val_acc, seconds, verdict, self.arch_lr, _probs(self.model.alpha))
 
-    def _write_genotypes(self) -> None:
-        self.model.genotype().to_json(self.out / "genotype.json")
+    def _select(self) -> list[Genotype]:
+        """One genotype per α group: α's argmax (DARTS), or the perturbation choice (DARTS-PT)."""
+        if self.config.select == "argmax":
+            return self.model.genotypes()
+        selection = perturbation_select(self.model, self._selection_batches(), seed=self.config.seed)
+        (self.out / "perturbation.json").write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
+        return selection.genotypes
+
+    def _eval_loader(self) -> DataLoader:
+        return DataLoader(Subset(self.eval_set, self.val_idx), batch_size=2 * self.config.batch_size,
+                          num_workers=self.config.workers)
+
+    def _selection_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole α half, unaugmented: every candidate removal is scored on the same images."""
+        return list(self._eval_loader())
+
+    def _hessian_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A fixed slice of the α half (the same images every epoch), so the eigenvalues are comparable."""
+        loader = DataLoader(Subset(self.eval_set, self.val_idx[:HESSIAN_IMAGES]), batch_size=self.config.batch_size)
+        return list(loader)
+
+    def _write_genotypes(self, genotypes: list[Genotype] | None = None) -> None:
+        genotypes = self.model.genotypes() if genotypes is None else genotypes
+        main_genotype(self.model, genotypes).to_json(self.out / "genotype.json")
         if self.config.per_stage:
-            per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, self.model.genotypes())}
+            per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, genotypes)}
             (self.out / "genotypes_per_stage.json").write_text(json.dumps(per_stage, indent=2) + "\n")
 
     # -- folder and checkpoint
@@ -226,9 +267,50 @@ def _zero_totals() -> dict[str, float]:
     return {"loss": 0.0, "correct": 0, "seen": 0}
 
 
+def _probs(alpha: torch.Tensor) -> list:
+    return torch.softmax(alpha.detach().double(), -1).tolist()
+
+
 def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
     """Run (or resume) a search and return its result."""
     return Search(config, resume=resume, progress=progress).run()
 
 
-__all__ = ["Search", "SearchDiverged", "SearchResult", "run_search"]
+def ensure_search(config: SearchConfig, progress: bool = True) -> SearchResult:
+    """The search in config.out: read when it finished, resumed when it started, else run from scratch.
+
+    A folder that holds a search with another recipe is an error, never silently reused.
+    """
+    out = Path(config.out)
+    if not (out / CHECKPOINT).exists():
+        return run_search(config, progress=progress)
+    saved = SearchConfig.load(out / "config.json")
+    if saved.recipe() != config.recipe():
+        differ = sorted(k for k, v in config.recipe().items() if saved.recipe().get(k) != v)
+        raise ValueError(f"{out} holds a search with other settings ({', '.join(differ)}); use another --out")
+    state = load_checkpoint(out / CHECKPOINT)
+    if state["epoch"] < config.epochs or not (out / VERDICT).exists():
+        if progress:
+            print(f"search: resuming {out} at epoch {state['epoch'] + 1}", flush=True)
+        return run_search(config, resume=True, progress=progress)
+    return _finished(config, state)
+
+
+def _finished(config: SearchConfig, state: dict) -> SearchResult:
+    """The result of a finished search, from its files."""
+    out = Path(config.out)
+    alpha = state["model"]["alpha"]
+    rows = read_csv(out / "history.csv")
+    genotype = Genotype.from_json(out / "genotype.json")
+    per_stage = out / "genotypes_per_stage.json"
+    if per_stage.exists():
+        stages = json.loads(per_stage.read_text())
+        widths, genotypes = [int(w) for w in stages], [Genotype.from_dict(g) for g in stages.values()]
+    else:
+        widths, genotypes = [], [genotype]
+    last = rows[-1] if rows else {}
+    return SearchResult(genotype, genotypes, widths, out, float(last.get("val_acc", "nan")), 0.0,
+                        judge(alpha, config.decided_margin), float(last.get("arch_lr", "nan")), _probs(alpha))
+
+
+__all__ = ["Search", "SearchDiverged", "SearchResult", "ensure_search", "run_search"]

@@ -91,3 +91,26 @@ def plot_alpha_evolution(rows: list[dict[str, str]], path: Path) -> None:
     fig.suptitle("softmax(α) over the search")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_hessian(rows: list[dict[str, str]], path: Path) -> None:
+    """The dominant eigenvalue of the α Hessian of the validation loss over epochs.
+
+    Zela et al. (ICLR 2020) found that its growth precedes DARTS' collapse onto parameter-free ops and
+    a poor final architecture: a curve that keeps climbing is a reason to stop early or regularise.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in rows]
+    values = [float(r["hessian_eigenvalue"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+    ax.plot(epochs, values, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dominant eigenvalue")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Hessian of the validation loss w.r.t. α")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -105,15 +105,20 @@ class Supernet(nn.Module):
 
     def genotype(self) -> Genotype:
         """The derived genotype; with per-stage α, that of the group with the most confident choices."""
-        if len(self.alpha) == 1:
-            return self.genotypes()[0]
-        confidence = F.softmax(self.alpha.detach(), -1).amax(-1).sum(-1)  # (groups,)
-        return self.genotypes()[int(confidence.argmax())]
+        return main_genotype(self, self.genotypes())
 
     @property
     def stage_widths(self) -> list[int]:
         """The block width each α group stands for (all widths in one group when α is shared)."""
         return list(self._groups)
+
+
+def main_genotype(model: Supernet, genotypes: list[Genotype]) -> Genotype:
+    """Of one genotype per α group, that of the group whose α is most confident (the only one when shared)."""
+    if len(genotypes) == 1:
+        return genotypes[0]
+    confidence = F.softmax(model.alpha.detach(), -1).amax(-1).sum(-1)  # (groups,)
+    return genotypes[int(confidence.argmax())]
 
 
 def derive_genotype(alpha: Tensor) -> Genotype:

@@ -1,31 +1,47 @@
 """Compare attention modules under one recipe: train each over several seeds, tabulate and plot.
 
-    entries = parse_entries("none,se,cbam,eca,paper,found=runs/search/genotype.json")
+    entries = parse_entries("none,se,cbam,eca,paper,found=runs/search/genotype.json,random:4", out="runs/compare")
     comparison = run_compare(TrainConfig(epochs=8), entries, seeds=[0, 1], out="runs/compare")
 
 Each (attention, seed) cell is an ordinary training run in OUT/cells/<label>-seed<k>/. A cell with a
 summary.json is finished and is read, not trained again; a cell with only a checkpoint is resumed.
-OUT/comparison.md, comparison.json and comparison.png hold the result.
+`random:K` adds K distinct genotypes drawn uniformly from the search space, written to
+OUT/random/random-<i>.json: the random-search baseline a searched block has to beat (Li & Talwalkar,
+"Random Search and Reproducibility for Neural Architecture Search", UAI 2019).
+OUT/comparison.md, comparison.json and comparison.png hold the result: the mean top-1 over seeds with
+its t interval, and each attention's difference to none and to the best hand-designed module, paired
+by seed (a seed fixes the data order and augmentation for every attention, so pairing removes that share
+of the noise).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from ..attention import ATTENTIONS
+from ..genotype import Genotype, random_genotypes
+from ..search.verdict import VERDICT, read_verdict
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, load_model, resolve_genotype
 from .loop import SUMMARY, run_train
 from .metrics import inference_throughput
 from .plots import plot_comparison, si
+from .stats import LEVEL, Estimate, mean_ci, paired_difference, verdict
 
 INFER_BATCH = 64  # images per forward pass when timing inference
 INFER_SECONDS = 1.0  # timing window per attention (at least 3 passes): long enough to steady the mean
+RANDOM = "random:"  # `random:K` in a list of attentions: K genotypes drawn uniformly from the search space
+UNDECIDED = " (undecided)"  # suffix of the shown label of a block whose search left α undecided
+HAND_DESIGNED = tuple(n for n in ATTENTIONS if n not in ("none", "sase"))  # published modules, not searched
+UNDECIDED_NOTE = ("(undecided): the search ended with α undecided on some edge: this block is close to a random "
+                  "pick, not a searched result.")
 
 
 @dataclass(frozen=True)
@@ -40,29 +56,91 @@ class Entry:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)
 
 
-def parse_entries(spec: str | Sequence[str]) -> list[Entry]:
-    """Entries from 'none,se,LABEL=path/genotype.json,...'; a genotype file without a label is named
-    after its folder when the file is called genotype.json (runs/search/genotype.json -> search)."""
+def parse_entries(spec: str | Sequence[str], out: str | os.PathLike | None = None,
+                  random_seed: int = 0) -> list[Entry]:
+    """Entries from 'none,se,LABEL=path/genotype.json,random:K,...'; a genotype file without a label is named
+    after its folder when the file is called genotype.json (runs/search/genotype.json -> search).
+
+    `random:K` stands for K random genotypes (see `random_entries`), whose files go under `out`.
+    """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
         raise ValueError("no attention to compare; give a comma-separated list, e.g. none,se,paper")
-    entries = []
-    for item in items:
-        label, sep, attention = item.partition("=")
-        if not sep:
-            path = Path(item)
-            attention = item
-            label = path.parent.name if path.suffix == ".json" and path.stem == "genotype" and path.parent.name \
-                else path.stem if path.suffix == ".json" else item
-        if not label or not attention:
-            raise ValueError(f"bad attention entry {item!r}; write NAME, PATH.json or LABEL=NAME_OR_PATH")
-        resolve_genotype(attention)  # fail on a bad name or file now, not after hours of training the others
-        entries.append(Entry(label, attention))
+    # every plain entry is checked before a random genotype file is written
+    parsed = [_random_count(item) if item.startswith(RANDOM) else _entry(item) for item in items]
+    entries: list[Entry] = []
+    for p in parsed:
+        if isinstance(p, Entry):
+            entries.append(p)
+        elif out is None:
+            raise ValueError("random:K writes its genotypes into the comparison folder, and none was given")
+        else:
+            entries.extend(random_entries(p, out, random_seed))
     slugs = [e.slug for e in entries]
     repeated = sorted({s for s in slugs if slugs.count(s) > 1})
     if repeated:
         raise ValueError(f"attention label(s) {', '.join(repeated)} given twice; name entries with LABEL=...")
     return entries
+
+
+def _entry(item: str) -> Entry:
+    label, sep, attention = item.partition("=")
+    if not sep:
+        path = Path(item)
+        attention = item
+        label = path.parent.name if path.suffix == ".json" and path.stem == "genotype" and path.parent.name \
+            else path.stem if path.suffix == ".json" else item
+    if not label or not attention:
+        raise ValueError(f"bad attention entry {item!r}; write NAME, PATH.json, LABEL=NAME_OR_PATH or random:K")
+    resolve_genotype(attention)  # fail on a bad name or file now, not after hours of training the others
+    search_verdict(attention)  # and on a malformed verdict beside a genotype file
+    return Entry(label, attention)
+
+
+def _random_count(item: str) -> int:
+    count = item[len(RANDOM):].strip()
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"bad attention entry {item!r}; random:K takes a positive number of genotypes, e.g. random:4")
+    return int(count)
+
+
+def random_entries(k: int, out: str | os.PathLike, seed: int) -> list[Entry]:
+    """random-1 ... random-k: `random_genotypes(k, seed)` written to OUT/random/random-<i>.json.
+
+    A file already there must hold the same draw, so that a rerun resumes the cells of the same blocks.
+    """
+    folder = Path(out) / "random"
+    entries = []
+    for i, genotype in enumerate(random_genotypes(k, seed), start=1):
+        path = folder / f"random-{i}.json"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            genotype.to_json(path)
+        elif Genotype.from_json(path) != genotype:
+            raise ValueError(f"{path} holds another genotype than random seed {seed} draws; use the random seed "
+                             f"recorded in {Path(out) / 'compare.json'}, or another output folder")
+        entries.append(Entry(f"random-{i}", str(path)))
+    return entries
+
+
+def search_verdict(genotype_path: str | os.PathLike) -> Optional[bool]:
+    """Whether the search that wrote this genotype file decided its α (the "decided" field of the
+    verdict.json beside it); None for anything else: a zoo name, a preset, a file with no verdict."""
+    path = Path(genotype_path)
+    if path.suffix != ".json" or not path.is_file():
+        return None
+    record = read_verdict(path.parent)
+    if record is None:
+        return None
+    decided = record.get("decided") if isinstance(record, dict) else None
+    if not isinstance(decided, bool):
+        raise ValueError(f"{path.parent / VERDICT} should be a JSON object with \"decided\": true or false")
+    return decided
+
+
+def shown_label(label: str, decided: Optional[bool]) -> str:
+    """The label as tables, charts and progress lines show it: marked when the search left α undecided."""
+    return label + (UNDECIDED if decided is False else "")
 
 
 @dataclass
@@ -71,19 +149,28 @@ class Row:
 
     label: str
     attention: str
-    top1: list[float]  # final validation top-1 of each seed, in [0, 1]
+    top1: list[float]  # final validation top-1 of each seed, in [0, 1], in the order of the comparison's seeds
     parameters: int
     macs: int  # multiply-adds of one image at the training size
     train_images_per_s: float  # mean over seeds of each run's training throughput
     infer_images_per_s: float  # eval-mode forward passes on one fixed batch
+    decided: Optional[bool] = None  # the search's verdict on a searched genotype file; None where there is none
+
+    @property
+    def shown(self) -> str:
+        return shown_label(self.label, self.decided)
+
+    @property
+    def top1_estimate(self) -> Estimate:
+        return mean_ci(self.top1)
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.top1)
 
     @property
-    def std(self) -> float:
-        return statistics.stdev(self.top1) if len(self.top1) > 1 else 0.0  # sample std (n - 1) over seeds
+    def std(self) -> Optional[float]:
+        return statistics.stdev(self.top1) if len(self.top1) > 1 else None  # sample std (n - 1); none of one seed
 
 
 def train_cell(config: TrainConfig, progress: bool) -> dict[str, Any]:
@@ -99,22 +186,26 @@ def train_cell(config: TrainConfig, progress: bool) -> dict[str, Any]:
 
 
 def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
-                progress: bool = True) -> list[Row]:
-    """Train (or read) every (entry, seed) cell under `base`, then write the table, JSON and plot to `out`."""
+                progress: bool = True, random_seed: int = 0) -> list[Row]:
+    """Train (or read) every (entry, seed) cell under `base`, then write the table, JSON and plot to `out`.
+
+    `random_seed` is the seed the random entries were drawn with, recorded in OUT/compare.json.
+    """
     if not seeds:
         raise ValueError("no seed given; e.g. --seeds 0,1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps({"recipe": asdict(base), "attentions": [asdict(e) for e in entries],
-                                                  "seeds": list(seeds)}, indent=2) + "\n")
+                                                  "seeds": list(seeds), "random_seed": random_seed}, indent=2) + "\n")
     rows = []
     for i, entry in enumerate(entries):
+        decided = search_verdict(entry.attention)
         summaries, folders = [], []
         for seed in seeds:
             folder = out / "cells" / f"{entry.slug}-seed{seed}"
             done = (folder / SUMMARY).exists()
             if progress:
-                tqdm.write(f"[{i + 1}/{len(entries)}] {entry.label} seed {seed}: "
+                tqdm.write(f"[{i + 1}/{len(entries)}] {shown_label(entry.label, decided)} seed {seed}: "
                            f"{'finished, read from' if done else 'training in'} {folder}")
             summaries.append(train_cell(replace(base, attention=entry.attention, seed=seed, out=str(folder)),
                                         progress))
@@ -123,19 +214,66 @@ def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int
         rows.append(Row(entry.label, entry.attention, [s["top1"] for s in summaries], summaries[0]["parameters"],
                         summaries[0]["macs"], statistics.fmean(s["train_images_per_s"] for s in summaries),
                         inference_throughput(model, spec.image_size, INFER_BATCH, spec.in_chans,
-                                             min_seconds=INFER_SECONDS)))
+                                             min_seconds=INFER_SECONDS), decided))
     write_report(rows, base, seeds, out)
     return rows
 
 
+def references(rows: Sequence[Row]) -> dict[str, Row]:
+    """The rows every attention is set against, where present: "none" (no attention) and "best hand-designed"
+    (of the published modules, not none and not sase, the one with the highest mean top-1)."""
+    found = {"none": next((r for r in rows if r.attention.lower() == "none"), None),
+             "best hand-designed": max((r for r in rows if r.attention.lower() in HAND_DESIGNED),
+                                       key=lambda r: r.mean, default=None)}
+    return {name: row for name, row in found.items() if row is not None}
+
+
+def differences(row: Row, refs: dict[str, Row]) -> dict[str, Optional[Estimate]]:
+    """Reference name -> the top-1 difference row - reference, paired by seed; None for the reference itself."""
+    return {name: None if ref is row else paired_difference(row.top1, ref.top1) for name, ref in refs.items()}
+
+
+def _difference_cell(d: Optional[Estimate]) -> str:
+    if d is None:
+        return "(reference)"
+    interval = f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if d.low is not None and d.high is not None else ""
+    return f"{100 * d.mean:+.2f}{interval}, {verdict(d)}"
+
+
+def _top1_cells(row: Row) -> list[str]:
+    e = row.top1_estimate
+    if e.std is None or e.low is None or e.high is None:
+        return [f"{100 * e.mean:.2f}", "none with one seed"]
+    return [f"{100 * e.mean:.2f} ± {100 * e.std:.2f}", f"[{100 * e.low:.2f}, {100 * e.high:.2f}]"]
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| attention | top-1 (%) mean ± std | top-1 per seed | parameters | MACs | train img/s | infer img/s |",
-             "|---|---|---|---|---|---|---|"]
+    """The comparison as a markdown table: top-1 statistics, differences to the references, costs."""
+    refs = references(rows)
+    titles = [f"vs {ref.label}" + (f", {name}" if name != ref.label else "") + " (pp)" for name, ref in refs.items()]
+    header = ["attention", "top-1 (%) mean ± std", f"{LEVEL:.0%} CI (%)", "top-1 per seed", *titles, "parameters",
+              "MACs", "train img/s", "infer img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r.label} | {100 * r.mean:.2f} ± {100 * r.std:.2f} | "
-                     f"{', '.join(f'{100 * t:.2f}' for t in r.top1)} | {si(r.parameters)} | {si(r.macs)} | "
-                     f"{r.train_images_per_s:.0f} | {r.infer_images_per_s:.0f} |")
+        cells = [r.shown, *_top1_cells(r), ", ".join(f"{100 * t:.2f}" for t in r.top1),
+                 *(_difference_cell(d) for d in differences(r, refs).values()), si(r.parameters), si(r.macs),
+                 f"{r.train_images_per_s:.0f}", f"{r.infer_images_per_s:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interval(e: Estimate) -> Optional[list[float]]:
+    return [e.low, e.high] if e.low is not None and e.high is not None else None
+
+
+def row_record(row: Row, refs: dict[str, Row]) -> dict[str, Any]:
+    """One row of comparison.json: the row's fields, its top-1 statistics and its paired differences."""
+    e = row.top1_estimate
+    record = {**asdict(row), "mean": e.mean, "std": e.std, "ci": _interval(e), "level": e.level}
+    for name, d in differences(row, refs).items():
+        record["vs_" + re.sub(r"[^a-z]+", "_", name)] = None if d is None else {
+            "reference": refs[name].label, "mean": d.mean, "std": d.std, "ci": _interval(d), "verdict": verdict(d)}
+    return record
 
 
 def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], out: Path) -> None:
@@ -145,16 +283,33 @@ def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], o
               f"{base.label_smoothing}, clip {base.grad_clip}, {amp}"
               + (f", at most {base.steps_per_epoch} steps per epoch" if base.steps_per_epoch else "")
               + f"; seeds {', '.join(map(str, seeds))}")
-    notes = ("top-1: validation (test split) accuracy after the last epoch, mean and sample std over seeds; no "
-             "epoch is picked by its test score. MACs: multiply-adds of one image at the training size, counted by "
-             "torch.utils.flop_counter (convolutions and matrix products; FLOPs = 2 x MACs). train img/s: training "
-             f"throughput averaged over each run. infer img/s: eval-mode forward passes on one batch of {INFER_BATCH}.")
-    text = f"# Attention comparison\n\n{recipe}\n\n{markdown_table(rows)}\n\n{notes}\n"
+    notes = [
+        "top-1: validation (test split) accuracy after the last epoch, mean and sample std over seeds; no epoch is "
+        f"picked by its test score. {LEVEL:.0%} CI: Student t interval of the mean (n - 1 degrees of freedom); one "
+        "seed gives no interval.",
+        "MACs: multiply-adds of one image at the training size, counted by torch.utils.flop_counter (convolutions "
+        "and matrix products; FLOPs = 2 x MACs). train img/s: training throughput averaged over each run. "
+        f"infer img/s: eval-mode forward passes on one batch of {INFER_BATCH}.",
+    ]
+    if references(rows):
+        notes.insert(1, "vs none / vs the best hand-designed module (of " + ", ".join(HAND_DESIGNED) + ", the "
+                     "highest mean here): top-1 difference in percentage points (pp) paired by seed (each seed's run "
+                     f"minus the reference's run of the same seed), its mean and {LEVEL:.0%} t interval; within the "
+                     "noise when the interval holds 0, clearly better or worse when it lies above or below 0.")
+    if any(r.label.startswith("random-") and Path(r.attention).parent == out / "random" for r in rows):
+        notes.append("random-<i>: a genotype drawn uniformly from the search space (files in random/, seed in "
+                     "compare.json), the random-search baseline.")
+    if any(r.decided is False for r in rows):
+        notes.append(UNDECIDED_NOTE)
+    text = f"# Attention comparison\n\n{recipe}\n\n{markdown_table(rows)}\n\n" + "\n\n".join(notes) + "\n"
     (out / "comparison.md").write_text(text)
-    data = [{**asdict(r), "mean": r.mean, "std": r.std} for r in rows]
-    (out / "comparison.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot_comparison([r.label for r in rows], [100 * r.mean for r in rows], [100 * r.std for r in rows],
-                    out / "comparison.png", title=f"{base.model} on {base.dataset}, {len(seeds)} seed(s)")
+    refs = references(rows)
+    (out / "comparison.json").write_text(json.dumps([row_record(r, refs) for r in rows], indent=2) + "\n")
+    estimates = [r.top1_estimate for r in rows]
+    plot_comparison([r.shown for r in rows], [100 * e.mean for e in estimates],
+                    [None if e.half_width is None else 100 * e.half_width for e in estimates],
+                    out / "comparison.png", title=f"{base.model} on {base.dataset}, {len(seeds)} seed(s)", level=LEVEL)
 
 
-__all__ = ["Entry", "Row", "markdown_table", "parse_entries", "run_compare", "train_cell", "write_report"]
+__all__ = ["HAND_DESIGNED", "Entry", "Row", "differences", "markdown_table", "parse_entries", "random_entries",
+           "references", "run_compare", "search_verdict", "shown_label", "train_cell", "write_report"]

@@ -1,8 +1,9 @@
 """What it takes to rebuild a trained model, and the files that carry it: checkpoints and safetensors.
 
-A `ModelSpec` names the backbone, the attention (a zoo name, or the genotype itself, never a path
-that may be gone by the time the model is loaded), the classes and the input. It is stored in every
-checkpoint and in the metadata of `model.safetensors`, so either file alone rebuilds the model:
+A `ModelSpec` names the backbone, the attention (a zoo name, or the genotype itself, one or one per
+block width, never a path that may be gone by the time the model is loaded), the classes and the
+input. It is stored in every checkpoint and in the metadata of `model.safetensors`, so either file
+alone rebuilds the model:
 
     model, spec = load_model("runs/train/model.safetensors")
 """
@@ -21,6 +22,7 @@ from torch import nn
 from ..attention import ATTENTIONS
 from ..genotype import Genotype, GenotypeError
 from ..models import create_model
+from ..stage_genotypes import StageGenotypes, genotype_or_stages
 from ..utils.checkpoint import load_checkpoint
 
 SAFETENSORS = "model.safetensors"
@@ -28,13 +30,17 @@ CHECKPOINT = "checkpoint.pt"
 _CIFAR_MODELS = ("resnet20", "resnet56", "resnet110")  # the ones whose stem takes `in_chans`
 
 
-def resolve_genotype(attention: str) -> Optional[Genotype]:
-    """None for a zoo module; the genotype for `sase`, a preset, JSON text or a JSON file."""
+def resolve_genotype(attention: str) -> Genotype | StageGenotypes | None:
+    """None for a zoo module; the genotype for `sase`, a preset, or JSON text or a JSON file of one
+    genotype; the StageGenotypes for JSON text or a JSON file mapping block widths to genotypes.
+
+    A ValueError for anything else, or for a malformed genotype of either form.
+    """
     name = attention.lower()
     if name in ATTENTIONS and name != "sase":
         return None
     try:
-        return Genotype.resolve("paper" if name == "sase" else attention)
+        return genotype_or_stages("paper" if name == "sase" else attention)
     except GenotypeError as err:
         raise ValueError(f"unknown attention {attention!r}: not one of {', '.join(ATTENTIONS)} "
                          f"and not a genotype ({err})") from None
@@ -46,7 +52,8 @@ class ModelSpec:
 
     model: str  # sase.models name
     attention: str  # what the run was given: a zoo name, a preset, or a genotype path (for the record)
-    genotype: Optional[str]  # the genotype as JSON text when the attention is a SASE block, else None
+    # SASE blocks: the genotype as JSON text, one genotype or per-stage width -> genotype; else None
+    genotype: Optional[str]
     num_classes: int
     in_chans: int  # input channels of the stem
     image_size: int  # side of the images the model was trained on
@@ -60,13 +67,15 @@ class ModelSpec:
                    in_chans, image_size, dataset)
 
     def build(self) -> nn.Module:
+        """The model, freshly initialised; a ValueError when per-stage genotypes miss a block width of it."""
         kwargs: dict[str, Any] = {}
         if self.in_chans != 3:
             if self.model not in _CIFAR_MODELS:
                 raise ValueError(f"{self.model} takes 3 input channels, not {self.in_chans}")
             kwargs["in_chans"] = self.in_chans
-        return create_model(self.model, attention=self.genotype or self.attention, num_classes=self.num_classes,
-                            **kwargs)
+        # the stored genotype, never `attention`: a genotype file named there may have changed or gone
+        attention = genotype_or_stages(self.genotype) if self.genotype else self.attention
+        return create_model(self.model, attention=attention, num_classes=self.num_classes, **kwargs)
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata: a flat str -> str mapping."""

@@ -1,0 +1,122 @@
+"""Whether a search decided: per edge, the top candidate's probability and its lead over the runner-up.
+
+DARTS derives a genotype by the argmax of α on every edge, and an argmax always exists: a search
+whose α never moved from its random initialisation still "finds" a block, the argmax of that noise.
+The verdict separates the two. An edge is *decided* when softmax(α_edge) puts its top candidate at
+least `margin` (an absolute probability, default 0.10) above the runner-up; a search is decided
+when every edge of every α group is. With seven candidates a uniform edge sits at 1/7 ≈ 0.143 each;
+a lead of 0.10 is then, e.g., 0.25 against 0.15: a preference no initial noise (1e-3·N(0, 1))
+produces, and far short of the near one-hot α of a long search.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..cell import EDGES
+from ..ops import OPS
+
+DECIDED_MARGIN = 0.10  # lead of the top candidate over the runner-up, in probability, for an edge to count
+VERDICT = "verdict.json"  # written beside genotype.json
+
+
+@dataclass(frozen=True)
+class EdgeVerdict:
+    """One edge of one α group: its top two candidates and their probabilities."""
+
+    group: int
+    edge: str
+    top: str
+    top_prob: float
+    runner_up: str
+    runner_up_prob: float
+
+    @property
+    def margin(self) -> float:
+        return self.top_prob - self.runner_up_prob
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on α: every edge's top two candidates and whether each leads by `margin`."""
+
+    edges: tuple[EdgeVerdict, ...]
+    margin: float = DECIDED_MARGIN
+
+    @property
+    def undecided(self) -> list[EdgeVerdict]:
+        return [e for e in self.edges if e.margin < self.margin]
+
+    @property
+    def decided(self) -> bool:
+        return not self.undecided
+
+    @property
+    def min_margin(self) -> float:
+        return min(e.margin for e in self.edges)
+
+    def summary(self) -> str:
+        """One line: decided or not, and the weakest edge."""
+        weakest = min(self.edges, key=lambda e: e.margin)
+        state = "decided" if self.decided else f"UNDECIDED on {len(self.undecided)} of {len(self.edges)} edges"
+        return (f"α {state} (an edge is decided when its top candidate leads the runner-up by at least "
+                f"{self.margin:.2f}); weakest edge {weakest.edge}: {weakest.top} {weakest.top_prob:.3f} vs "
+                f"{weakest.runner_up} {weakest.runner_up_prob:.3f}")
+
+    def warning(self) -> str:
+        """What an undecided search means and what to do about it (empty when decided)."""
+        if self.decided:
+            return ""
+        names = ", ".join(sorted({e.edge for e in self.undecided}))
+        return (f"warning: the search ended undecided on {names}: softmax(α) there is still close to uniform, "
+                "so the genotype on those edges is the argmax of noise, not a searched choice. Search longer "
+                "(--epochs), give α a larger learning rate (--arch-lr), or check that the supernet learns "
+                "(val_acc in history.csv).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decided": self.decided, "margin_threshold": self.margin, "min_margin": round(self.min_margin, 6),
+                "undecided_edges": [e.edge if e.group == 0 else f"g{e.group}/{e.edge}" for e in self.undecided],
+                "edges": [{**asdict(e), "margin": round(e.margin, 6)} for e in self.edges]}
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / VERDICT
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def judge(alpha: Tensor, margin: float = DECIDED_MARGIN) -> Verdict:
+    """The verdict on α of shape (groups, 6 edges, K candidates)."""
+    probs = torch.softmax(alpha.detach().double(), -1)
+    edges = []
+    for g, group in enumerate(probs):
+        for edge, p in zip(EDGES, group):
+            names = list(OPS[edge.op_set])
+            top2 = torch.topk(p, 2)
+            (i, j), (pi, pj) = top2.indices.tolist(), top2.values.tolist()
+            edges.append(EdgeVerdict(g, edge.name, names[i], round(pi, 6), names[j], round(pj, 6)))
+    return Verdict(tuple(edges), margin)
+
+
+def verdict_columns(verdict: Verdict, groups: int) -> dict[str, Any]:
+    """Flat columns for history.csv: top probability and margin per edge, then the verdict."""
+    row: dict[str, Any] = {}
+    for e in verdict.edges:
+        prefix = f"g{e.group}/{e.edge}" if groups > 1 else e.edge
+        row[f"top/{prefix}"] = e.top_prob
+        row[f"margin/{prefix}"] = round(e.margin, 6)
+    row["decided"] = verdict.decided
+    return row
+
+
+def read_verdict(folder: str | Path) -> dict[str, Any] | None:
+    """The verdict.json of a search folder, or None when there is none."""
+    path = Path(folder) / VERDICT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+__all__ = ["DECIDED_MARGIN", "VERDICT", "EdgeVerdict", "Verdict", "judge", "read_verdict", "verdict_columns"]

@@ -18,6 +18,7 @@ from dataclasses import fields, replace
 from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
 from ..search.config import SELECTIONS
+from ..search.optim import ARCH_OPTIMIZERS
 from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -33,6 +34,8 @@ FLAGS = {
     "lr": "initial weight learning rate",
     "arch_lr": "α learning rate (Adam). Default: 3e-4 x 19,500 / (this run's α steps), the α travel of the "
                "paper's 100-epoch search spread over this run; the paper preset uses 3e-4",
+    "arch_optimizer": "α optimiser: adam (the paper's) or edge_adam (default: Adam with one second moment per edge, "
+                      "so candidates with larger gradients move faster instead of in lockstep)",
     "warmup_epochs": "epochs that train the weights with α frozen",
     "steps_per_epoch": "cap on steps per epoch",
     "decided_margin": "an edge is decided when its top candidate leads the runner-up by this much probability "
@@ -49,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an attention block (DARTS)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
-    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS)}
+    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS), "arch_optimizer": list(ARCH_OPTIMIZERS)}
     for name, help_text in FLAGS.items():
         kind = int if "int" in str(types[name]) else float if "float" in str(types[name]) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text,

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from .regularizers import beta_decay_loss
+from .optim import arch_optimizer
 from .supernet import Supernet
 
 Order = Literal[1, 2, "exact"]
@@ -29,7 +30,7 @@ ORDERS: dict[str, Order] = {"1": 1, "2": 2, "exact": "exact"}
 
 
 class Architect:
-    """Updates α of a `Supernet` with Adam on the validation loss (SPEC §3 optimiser settings)."""
+    """Updates α of a `Supernet` with Adam (SPEC §3 settings) or EdgeAdam on the validation loss."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class Architect:
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
         fd_scale: float = 0.01,
         beta_decay: float = 0.0,
+        optimizer: str = "adam",
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
@@ -52,7 +54,8 @@ class Architect:
         self.beta_decay = beta_decay  # λ of Beta-Decay
         # the weight of L_β in use: λ unless the search loop ramps it (`regularizers.beta_decay_weight`)
         self.beta_weight = beta_decay
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        # "adam": SPEC §3; "edge_adam": one second moment per edge (see sase.search.optim)
+        self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay)
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:
         """One α step; returns the validation loss it measured. ξ defaults to the weights' current lr."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..utils.config import RunConfig
+from .optim import ARCH_OPTIMIZERS
 from .verdict import DECIDED_MARGIN
 
 # SPEC §3: Adam at lr 3e-4 for 100 epochs of 195 α steps (25,000 CIFAR-10 images in batches of 128). Adam moves
@@ -42,6 +43,7 @@ class SearchConfig(RunConfig):
     grad_clip: float = 5.0  # max gradient norm of the weights; 0 disables
     # α: Adam (SPEC §3: lr 3e-4 over the paper's 19,500 α steps)
     arch_lr: float | None = None  # None: matched to the run's α steps (see budget_arch_lr); the paper preset: 3e-4
+    arch_optimizer: str = "edge_adam"  # adam (SPEC §3) | edge_adam: one second moment per edge (sase.search.optim)
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     arch_weight_decay: float = 1e-3
@@ -78,6 +80,8 @@ class SearchConfig(RunConfig):
         for name in ("arch_beta1", "arch_beta2"):
             _check_range(self, name, 0, 1, open_high=True)
         _check_range(self, "decided_margin", 0, 1, open_low=True)
+        if self.arch_optimizer not in ARCH_OPTIMIZERS:
+            raise ValueError(f"arch_optimizer must be one of {', '.join(ARCH_OPTIMIZERS)}, got {self.arch_optimizer!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if self.image_size is not None and self.image_size < 1:
@@ -109,6 +113,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SPEC §3: the proxy task of the paper (CIFAR-10, ResNet-20, batch 128, 100 epochs, second order)
     "paper": dict(dataset="cifar10", backbone="resnet20", order="2", epochs=100, batch_size=128,
                   train_portion=0.5, lr=0.025, lr_min=1e-4, momentum=0.9, weight_decay=5e-4, grad_clip=5.0,
-                  arch_lr=REFERENCE_ARCH_LR, arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),
+                  arch_lr=REFERENCE_ARCH_LR, arch_optimizer="adam", arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),
 }
 SearchConfig.PRESETS = PRESETS

@@ -77,7 +77,8 @@ class Search:
         self.arch_lr = config.resolved_arch_lr(self.steps_per_epoch())
         self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=self.arch_lr,
                                    betas=(config.arch_beta1, config.arch_beta2),
-                                   weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay)
+                                   weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay,
+                                   optimizer=config.arch_optimizer)
         self.epoch, self.step, self.totals = 0, 0, _zero_totals()
         if resume:
             self._load()

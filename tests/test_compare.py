@@ -279,9 +279,11 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert load_checkpoint(out / "search" / "checkpoint.pt")["epoch"] == 1
     table = table_rows((out / "comparison.md").read_text())
     # a search this short may end undecided, and is then labelled so
-    searched = shown_label("searched", search_verdict(out / "search" / "genotype.json"))
-    assert list(table) == [searched, "paper", "se", "cbam", "eca", "none"] and table_rows(printed) == table
-    spec = json.loads((out / "cells" / "searched-seed0" / "summary.json").read_text())["model_spec"]
+    searched = shown_label("found", search_verdict(out / "search" / "genotype.json"))
+    assert list(table) == [searched, "paper", "se", "cbam", "eca", "none", "random-1", "random-2"]
+    assert table_rows(printed) == table
+    assert json.loads((out / "search" / "config.json").read_text())["dataset"] == "cluttered-digits"
+    spec = json.loads((out / "cells" / "found-seed0" / "summary.json").read_text())["model_spec"]
     assert Genotype.from_json(spec["genotype"]) == genotype
     assert (out / "comparison.png").stat().st_size > 0
 

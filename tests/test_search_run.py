@@ -136,10 +136,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_warmup_keeps_alpha_frozen(tmp_path):
-    search = Search(replace(TINY, epochs=1, warmup_epochs=1, out=str(tmp_path)), progress=False)
+    search = Search(replace(TINY, epochs=2, warmup_epochs=1, out=str(tmp_path)), progress=False)
     before = search.model.alpha.detach().clone()
-    search.run()
+    search._train_epoch(0)  # the warm-up epoch: weights move, α does not
     assert torch.equal(search.model.alpha.detach(), before)
+    search._train_epoch(1)
+    assert not torch.equal(search.model.alpha.detach(), before)
 
 
 def test_per_stage_search_writes_a_genotype_per_stage(tmp_path):

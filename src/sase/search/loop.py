@@ -291,9 +291,9 @@ def ensure_search(config: SearchConfig, progress: bool = True) -> SearchResult:
         raise ValueError(f"{out} holds a search with other settings ({', '.join(differ)}); use another --out")
     state = load_checkpoint(out / CHECKPOINT)
     if state["epoch"] < config.epochs or not (out / VERDICT).exists():
-        if progress:
-            print(f"search: resuming {out} at epoch {state['epoch'] + 1}", flush=True)
+        print(f"search: resuming {out} at epoch {state['epoch'] + 1}", flush=True)
         return run_search(config, resume=True, progress=progress)
+    print(f"search: finished, read from {out}", flush=True)
     return _finished(config, state)
 
 

@@ -1,7 +1,7 @@
 """`sase pipeline`: search an attention block, then compare it with known blocks and random ones, with statistics.
 
 With no arguments it runs offline on the bundled cluttered digits (one digit among pieces of others on
-a 16x16 canvas, where a block has clutter to suppress) in about a quarter of an hour on two CPU cores:
+a 16x16 canvas, where a block has clutter to suppress) in about 15-20 minutes on two CPU cores:
 a first-order search (ResNet-20 supernet) into OUT/search, its verdict (decided or not), then
 `sase compare` of the found block (`found`, or `found (undecided)`) against the published block, SE,
 CBAM, ECA, no attention and two random genotypes over three seeds, with 95% confidence intervals and
@@ -20,7 +20,7 @@ from ..train import TrainConfig, TrainingDiverged
 from ..train.compare import markdown_table, parse_entries, run_compare
 from .compare import parse_seeds
 
-# The default budget: 24 training runs (8 blocks x 3 seeds) and a search within ~15 min on 2 CPU cores.
+# The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 15-20 min on 2 CPU cores.
 DATASET = "cluttered-digits"
 IMAGE_SIZE = 16  # canvas side: 16x16 costs a quarter of the dataset's own 32x32 per image
 EPOCHS = 2  # training epochs of each compared run (6,000 images each)

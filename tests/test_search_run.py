@@ -140,6 +140,7 @@ def test_warmup_keeps_alpha_frozen(tmp_path):
     before = search.model.alpha.detach().clone()
     search._train_epoch(0)  # the warm-up epoch: weights move, α does not
     assert torch.equal(search.model.alpha.detach(), before)
+    search.step = 0  # what the end of an epoch does
     search._train_epoch(1)
     assert not torch.equal(search.model.alpha.detach(), before)
 

@@ -96,24 +96,30 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
-    args = ["search", *CLI_TINY, "--order", "1", "--seed", "3"]
+    epochs, steps = 2, 6  # 10 steps and two evaluations after the kill point: the kill lands mid-run
+    args = ["search", "--epochs", str(epochs), "--batch-size", "8", "--steps-per-epoch", str(steps), "--image-size",
+            "8", "--checkpoint-every", "1", "--order", "1", "--seed", "3", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     cut = tmp_path / "cut"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the child sums floats over as many threads as this process: another split would round differently
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "sase", *args, "--out", str(cut)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
-            state = torch.load(cut / "checkpoint.pt", weights_only=True)
+            state = load_checkpoint(cut / "checkpoint.pt")
             if (state["epoch"], state["step"]) >= (0, 2):
                 break
-        except Exception:  # not written yet (a half-written file is never in place: writes are atomic)
+        except FileNotFoundError:  # not written yet (writes are atomic: never half a file)
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the search ended (or stalled) before it could be killed"
+    state = load_checkpoint(cut / "checkpoint.pt")
+    assert (0, 2) <= (state["epoch"], state["step"]) < (epochs, 0)  # killed mid-run
+    assert not (cut / "verdict.json").exists()  # written only by a finished search
     assert main([*args, "--out", str(cut), "--resume"]) == 0
     assert_same_state(final_state(cut), final_state(tmp_path / "whole"))
     assert Genotype.from_json(cut / "genotype.json") == Genotype.from_json(tmp_path / "whole" / "genotype.json")

@@ -159,26 +159,38 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, amp):
     assert_same_run(tmp_path / "cut", tmp_path / "whole")
 
 
-def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
-    args = ["train", "--epochs", "2", "--batch-size", "16", "--steps-per-epoch", "8", "--image-size", "8",
-            "--checkpoint-every", "1", "--seed", "3", "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "sase", *args, "--out", str(cut)],
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen, at_least: tuple[int, int]) -> None:
+    """Until the run in `proc` has saved (epoch, step) >= `at_least`; fails if it ends or stalls first."""
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
-            if torch.load(cut / "checkpoint.pt", weights_only=True)["step"] >= 2:
-                break
-        except Exception:  # not written yet (writes are atomic: never half a file)
-            pass
+            saved = load_checkpoint(path)
+        except FileNotFoundError:  # not written yet (writes are atomic: never half a file)
+            saved = None
+        if saved is not None and (saved["epoch"], saved["step"]) >= at_least:
+            return
         time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no checkpoint at {at_least} or later before the run {'ended' if proc.poll() else 'stalled'}")
+
+
+def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
+    epochs, steps = 2, 10  # 18 steps after the kill point: the kill lands mid-run, not after the end
+    args = ["train", "--epochs", str(epochs), "--batch-size", "16", "--steps-per-epoch", str(steps), "--image-size",
+            "8", "--checkpoint-every", "1", "--seed", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    cut = tmp_path / "cut"
+    # the child sums floats over as many threads as this process: another split would round differently
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "sase", *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(cut / "checkpoint.pt", proc, at_least=(0, 2))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (cut / "summary.json").exists()
+    saved = load_checkpoint(cut / "checkpoint.pt")
+    assert (0, 2) <= (saved["epoch"], saved["step"]) < (epochs, 0)  # killed mid-run
+    assert not (cut / "summary.json").exists() and not (cut / "model.safetensors").exists()
     assert main([*args, "--out", str(cut), "--resume"]) == 0
     assert_same_run(cut, tmp_path / "whole")
 

@@ -7,6 +7,12 @@ probability; an undecided search warns, and its verdict.json says "decided": fal
 
 With --seeds 0,1,2 it runs one search per seed (OUT/seed-<k>/, each resumable) and writes a
 stability report to OUT: how often each edge's choice recurs, and the consensus genotype.
+
+--resume continues the search in --out, wherever that folder was first written (a copied run folder
+resumes into the copy), with the settings saved in it. Flags given with --resume are applied when they
+cannot change the result (--workers, --checkpoint-every, --download), --epochs may grow (the weights'
+cosine is re-stretched over the new total; α keeps the learning rate it started with), and any other
+flag that differs from the saved search is refused.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import argparse
 import sys
 import time
 from dataclasses import fields, replace
+from typing import Any
 
 from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
@@ -25,15 +32,20 @@ from .compare import parse_seeds
 FLAGS = {
     "dataset": "dataset: digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
     "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
-    "backbone": "supernet backbone: resnet20 | resnet56 | resnet110 | resnet18 | ... | timm/<resnet name>",
-    "order": "architecture gradient: 1 (first order), 2 (second order, finite difference), exact",
+    "backbone": "supernet backbone (ResNet, He et al., 2016): resnet20 | resnet56 | resnet110 | resnet18 | ... | "
+                "timm/<resnet name>",
+    "order": "architecture gradient of DARTS (Liu et al., ICLR 2019): 1 (first order), 2 (second order, finite "
+             "difference), exact",
     "epochs": "search epochs",
     "batch_size": "batch size of both the weight and the α steps",
     "seed": "random seed (split, init, data order)",
     "image_size": "input size (default: the dataset's own)",
-    "lr": "initial weight learning rate",
+    "lr": "initial weight learning rate (SGD, cosine decay)",
+    "lr_min": "weight learning rate at the end of the cosine",
+    "momentum": "SGD momentum of the weights, in [0, 1)",
     "arch_lr": "α learning rate (Adam). Default: 3e-4 x 19,500 / (this run's α steps), the α travel of the "
-               "paper's 100-epoch search spread over this run; the paper preset uses 3e-4",
+               "100-epoch search of the SASE paper (Wang et al., 2024) spread over this run; the paper preset uses "
+               "3e-4",
     "arch_optimizer": "α optimiser: adam (the paper's) or edge_adam (default: Adam with one second moment per edge, "
                       "so candidates with larger gradients move faster instead of in lockstep)",
     "warmup_epochs": "epochs that train the weights with α frozen",
@@ -43,6 +55,7 @@ FLAGS = {
     "select": "how the genotype is derived: argmax of α (DARTS) or perturbation (DARTS-PT, Wang et al., ICLR "
               "2021: the candidate whose removal costs the supernet most validation accuracy)",
     "beta_decay": "λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables",
+    "checkpoint_every": "steps between checkpoints within an epoch",
     "workers": "data loader worker processes",
     "out": "run folder (default: runs/search-<time>)",
 }
@@ -64,20 +77,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "α Hessian of the validation loss every epoch (Zela et al., ICLR 2020: its growth signals "
                    "collapse); written to history.csv and hessian.png")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (paper: CIFAR-10, ResNet-20, 100 "
-                   "epochs, second order, α lr 3e-4); flags given explicitly still win")
-    p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the search of the SASE paper (Wang et al., 2024: "
+                   "CIFAR-10, ResNet-20, 100 epochs, second order, α lr 3e-4); flags given explicitly still win")
+    p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint, with its saved "
+                   "settings; --epochs may grow, other recipe flags must match (see above)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(command="search")
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The SearchConfig settings named by flags on the command line (unset flags are None)."""
+    names = {f.name for f in fields(SearchConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """SearchConfig defaults, then the preset, then the flags given; a timestamped --out when none is."""
     config = SearchConfig()
     if args.preset:
         config = config.with_preset(args.preset)
-    given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(SearchConfig)} and v is not None}
-    if args.resume and "out" not in given:
-        raise ValueError("--resume needs --out, the folder of the run to resume")
+    given = given_settings(args)
     given.setdefault("out", time.strftime("runs/search-%Y%m%d-%H%M%S"))
     return replace(config, **given)
 
@@ -85,9 +104,12 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seed is not None:
         raise ValueError("give --seed for one search or --seeds for several, not both")
-    config = config_from_args(args)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out, the folder of the run to resume")
     if args.resume and args.seeds is None:
-        config = SearchConfig.resumed(config.out, workers=config.workers)  # the run's own settings
+        config = SearchConfig.resumed(args.out, given_settings(args), preset=args.preset)
+    else:  # several seeds resume each search that has a checkpoint, with or without --resume
+        config = config_from_args(args)
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
           f"{config.epochs} epochs, batch {config.batch_size} -> {config.out}")
     try:

@@ -1,7 +1,14 @@
 """`sase train`: train a backbone with an attention module in every residual block.
 
 With no arguments it trains ResNet-20 with the published SASE block on the bundled digits, offline,
-in well under a minute of compute on two CPU cores. `--preset imagenet` is the recipe of SPEC §5.
+in well under a minute of compute on two CPU cores. `--preset imagenet` is the ImageNet recipe of the
+SASE paper (Wang et al., 2024).
+
+--resume continues the run in --out, wherever that folder was first written (a copied run folder
+resumes into the copy), with the settings saved in it. Flags given with --resume are applied when they
+cannot change the result (--workers, --device, --checkpoint-every, --download), --epochs may grow (the
+cosine is re-stretched over the new total from where the run stands), and any other flag that differs
+from the saved run is refused.
 """
 from __future__ import annotations
 
@@ -9,19 +16,23 @@ import argparse
 import sys
 import time
 from dataclasses import fields, replace
+from typing import Any
 
 from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
 from ..train.plots import si
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
-    "model": "backbone: resnet20 | resnet56 | resnet110 (CIFAR style) | resnet18 | resnet34 | resnet50 | resnet101",
+    "model": "backbone (ResNet, He et al., 2016): resnet20 | resnet56 | resnet110 (CIFAR style) | resnet18 | "
+             "resnet34 | resnet50 | resnet101",
     "attention": "none | se | eca | cbam | srm | gct | fca | gsop | simam | sase | paper | PATH/TO/genotype.json",
     "dataset": "dataset: digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
     "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
     "epochs": "training epochs",
     "batch_size": "batch size",
-    "lr": "peak learning rate (SGD, momentum 0.9)",
+    "lr": "peak learning rate (SGD)",
+    "lr_min": "learning rate at the end of the cosine",
+    "momentum": "SGD momentum, in [0, 1)",
     "weight_decay": "weight decay",
     "warmup_epochs": "epochs of linear learning-rate warm-up before the cosine decay",
     "label_smoothing": "label smoothing of the training loss",
@@ -34,7 +45,6 @@ FLAGS = {
     "device": "auto | cpu | cuda | cuda:N",
     "out": "run folder",
 }
-RESUME_KNOBS = ("workers", "device", "checkpoint_every")  # may change when a run is resumed
 
 
 def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -48,9 +58,10 @@ def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
                    help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (default: float32)")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="imagenet: SPEC §5 (ResNet-50, 100 epochs, lr 0.1, "
-                   "wd 1e-4, label smoothing 0.1, clip 5); cifar: the common CIFAR ResNet recipe (ResNet-56, 200 "
-                   "epochs); flags given explicitly still win")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="imagenet: the SASE paper's ImageNet recipe (Wang et "
+                   "al., 2024: ResNet-50, 100 epochs, lr 0.1, wd 1e-4, label smoothing 0.1, clip 5); cifar: the common "
+                   "CIFAR ResNet recipe (He et al., 2016, in cosine form: ResNet-56, 200 epochs); flags given "
+                   "explicitly still win")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -58,27 +69,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a ResNet with an attention module", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_flags(p)
-    p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint, with its saved "
+                   "settings; --epochs may grow, other recipe flags must match (see above)")
     p.set_defaults(command="train")
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig settings named by flags on the command line (unset flags are None)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """TrainConfig defaults, then the preset, then the flags given, then `overrides`."""
     config = TrainConfig()
     if args.preset:
         config = config.with_preset(args.preset)
-    names = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return replace(config, **{**given, **overrides})
+    return replace(config, **{**given_settings(args), **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume and args.out is None:
-        raise ValueError("--resume needs --out, the folder of the run to resume")
-    config = config_from_args(args, **({} if args.out else {"out": time.strftime("runs/train-%Y%m%d-%H%M%S")}))
     if args.resume:
-        # the run's own settings; only the speed knobs may change
-        config = TrainConfig.resumed(config.out, **{k: getattr(args, k) for k in RESUME_KNOBS})
+        if args.out is None:
+            raise ValueError("--resume needs --out, the folder of the run to resume")
+        config = TrainConfig.resumed(args.out, given_settings(args), preset=args.preset)
+    else:
+        config = config_from_args(args, **({} if args.out else {"out": time.strftime("runs/train-%Y%m%d-%H%M%S")}))
     print(f"training: {config.model} + {config.attention} on {config.dataset}, {config.epochs} epochs, batch "
           f"{config.batch_size}, lr {config.lr}, {config.amp or 'float32'} -> {config.out}")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Optional
 
+from timm.models import is_model, is_model_in_modules
 from torch import nn
 
 from ..attention import AttentionSpec
@@ -46,4 +47,21 @@ def create_model(
     return MODELS[name](attention=attention, **kwargs)
 
 
-__all__ = ["MODELS", "BasicBlock", "Bottleneck", "CifarResNet", "ResNet", "create_model"]
+def check_backbone(name: str) -> None:
+    """A ValueError naming `name` unless it is a model here or "timm/<name>" of timm's ResNet family.
+
+    Only timm's resnet module builds its blocks with `block_args=dict(attn_layer=...)`, the hook a
+    supernet needs (ResNet, SE-ResNet, ResNeXt, ECA-ResNet, ...); asked here, not when the build fails.
+    """
+    if name.startswith("timm/"):
+        timm_name = name[len("timm/"):]
+        if not is_model(timm_name):
+            raise ValueError(f"unknown backbone {name!r}: timm has no model {timm_name!r}")
+        if not is_model_in_modules(timm_name, ["resnet"]):
+            raise ValueError(f"backbone {name!r} is not a timm ResNet-family model (timm.models.resnet), whose "
+                             "blocks take the attention hook")
+    elif name not in MODELS:
+        raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(MODELS)}, or timm/<resnet name>")
+
+
+__all__ = ["MODELS", "BasicBlock", "Bottleneck", "CifarResNet", "ResNet", "check_backbone", "create_model"]

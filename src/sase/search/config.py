@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..utils.config import RunConfig
+from ..models import check_backbone
+from ..utils.config import SEEDS, Range, RunConfig
 from .optim import ARCH_OPTIMIZERS
 from .verdict import DECIDED_MARGIN
 
@@ -23,6 +24,17 @@ class SearchConfig(RunConfig):
 
     KIND = "search"
     KNOBS = ("out", "workers", "checkpoint_every", "download")  # may differ on resume: they do not change the result
+    RANGES = {
+        "image_size": Range(1), "epochs": Range(1), "batch_size": Range(1),
+        "train_portion": Range(0, 1, low_open=True, high_open=True), "seed": SEEDS,
+        "lr": Range(0, low_open=True), "lr_min": Range(0, "lr"), "momentum": Range(0, 1, high_open=True),
+        "weight_decay": Range(0), "grad_clip": Range(0, why="0 disables clipping"),
+        "arch_lr": Range(0, low_open=True), "arch_beta1": Range(0, 1, high_open=True),
+        "arch_beta2": Range(0, 1, high_open=True), "arch_weight_decay": Range(0),
+        "warmup_epochs": Range(0, "epochs", high_open=True, why="α needs at least one epoch to move"),
+        "steps_per_epoch": Range(1), "decided_margin": Range(0, 1, low_open=True), "beta_decay": Range(0),
+        "checkpoint_every": Range(1), "workers": Range(0),
+    }
 
     dataset: str = "digits"  # digits (bundled, offline) | cifar10 | cifar100 | imagefolder
     data: str | None = None  # dataset root; not needed for digits
@@ -58,34 +70,14 @@ class SearchConfig(RunConfig):
     out: str = "runs/search"
 
     def __post_init__(self) -> None:
+        self.check()  # types and the RANGES above
         if self.order not in ("1", "2", "exact"):
             raise ValueError(f"order must be 1, 2 or exact, got {self.order!r}")
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.train_portion < 1:
-            raise ValueError(f"train_portion must be between 0 and 1, got {self.train_portion}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be between 0 and epochs - 1 ({self.epochs - 1}): α needs at least "
-                             f"one epoch to move; got {self.warmup_epochs}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        _check_range(self, "lr", 0, None, open_low=True)
-        _check_range(self, "lr_min", 0, self.lr)
-        _check_range(self, "momentum", 0, 1, open_high=True)
-        for name in ("weight_decay", "grad_clip", "arch_weight_decay", "beta_decay"):
-            _check_range(self, name, 0, None)
-        if self.arch_lr is not None:
-            _check_range(self, "arch_lr", 0, None, open_low=True)
-        for name in ("arch_beta1", "arch_beta2"):
-            _check_range(self, name, 0, 1, open_high=True)
-        _check_range(self, "decided_margin", 0, 1, open_low=True)
+        check_backbone(self.backbone)
         if self.arch_optimizer not in ARCH_OPTIMIZERS:
             raise ValueError(f"arch_optimizer must be one of {', '.join(ARCH_OPTIMIZERS)}, got {self.arch_optimizer!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
 
     def alpha_steps(self, steps_per_epoch: int) -> int:
         """How many α steps the run takes: every step of every epoch after the warm-up."""
@@ -96,17 +88,6 @@ class SearchConfig(RunConfig):
         if self.arch_lr is not None:
             return self.arch_lr
         return min(REFERENCE_ARCH_LR * REFERENCE_ALPHA_STEPS / self.alpha_steps(steps_per_epoch), MAX_ARCH_LR)
-
-
-def _check_range(config: SearchConfig, name: str, low: float, high: float | None, open_low: bool = False,
-                 open_high: bool = False) -> None:
-    """A one-line error naming the setting, its value and its valid range."""
-    value = getattr(config, name)
-    too_low = value <= low if open_low else value < low
-    too_high = high is not None and (value >= high if open_high else value > high)
-    if too_low or too_high or value != value:  # value != value: NaN
-        lo, hi = "(" if open_low else "[", ")" if open_high or high is None else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {'inf' if high is None else high}{hi}, got {value}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -6,7 +6,14 @@
 A run folder holds config.json, genotype.json, history.csv, checkpoint.pt and two α plots. A run
 resumed from its checkpoint (`Search(config, resume=True)`) ends exactly where an uninterrupted
 one would: model, α, both optimisers, the schedule, RNG state, the split and the position in the
-epoch are all restored, and the data order is a function of (seed, epoch, position).
+epoch are all restored, and the data order is a function of (seed, epoch, position). The run is the
+folder `config.out`, wherever it was first written: a copied run folder resumes into the copy.
+
+A search resumed with more epochs continues the weights' cosine re-stretched over the new total (from
+the epoch it stopped at, the lr a search of the new length would have there), and keeps the α
+learning rate it started with: the budgeted default (`SearchConfig.resolved_arch_lr`) depends on the
+number of epochs, and changing α's step size halfway would make it another search. Fewer epochs are
+refused.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from ..data import build_dataset
 from ..genotype import Genotype
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import append_csv, read_csv, truncate_csv
+from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from .architect import ORDERS, Architect
 from .config import SearchConfig
@@ -61,7 +69,7 @@ class Search:
 
     def __init__(self, config: SearchConfig, resume: bool = False, progress: bool = True) -> None:
         self.config, self.progress = config, progress
-        self.out = Path(config.out)
+        self.out = check_out(config.out)  # before the data: a bad --out fails at once
         torch.manual_seed(config.seed)
         self.train_set, self.spec = build_dataset(config.dataset, config.data, train=True, augment=True,
                                                   image_size=config.image_size, download=config.download)
@@ -233,8 +241,12 @@ class Search:
     def _start_folder(self) -> None:
         if (self.out / CHECKPOINT).exists():
             raise FileExistsError(f"{self.out} already holds a search; resume it with --resume or pick another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_out(self.out)
         (self.out / "history.csv").unlink(missing_ok=True)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """config.json: on resume too, so that it names this folder and the epochs the run now has."""
         (self.out / "config.json").write_text(self.config.to_json() + "\n")
 
     def _save(self) -> None:
@@ -250,18 +262,39 @@ class Search:
         return len(read_csv(self.out / "history.csv"))
 
     def _load(self) -> None:
-        state = load_checkpoint(self.out / CHECKPOINT)
-        saved = SearchConfig.from_dict(state["config"])
-        if saved.recipe() != self.config.recipe():
-            raise ValueError(f"{self.out} was searched with other settings; resume with the saved "
-                             f"config ({self.out / 'config.json'}) or start a new --out")
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist (a search stopped before its first "
+                                    "checkpoint starts again without --resume)")
+        state = load_checkpoint(path)
+        try:
+            differ = self.config.resume_conflicts(SearchConfig.from_dict(state["config"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a sase search checkpoint ({err})") from None
+        if differ:
+            raise ValueError(f"{self.out} was searched with other settings ({', '.join(differ)}); resume with the "
+                             f"saved config ({self.out / 'config.json'}) or start a new --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._stretch_schedule()
         self.architect.load_state_dict(state["architect"])
+        self.arch_lr = self.architect.optimizer.param_groups[0]["lr"]  # the run's own, whatever its epochs now
         set_rng_state(state["rng"])
         self.epoch, self.step, self.totals = state["epoch"], state["step"], state["totals"]
         truncate_csv(self.out / "history.csv", state["history_rows"])
+        self._write_config()
+
+    def _stretch_schedule(self) -> None:
+        """After a resume with more epochs: the weights' cosine over the new total, from the epoch the run is at."""
+        s = self.scheduler
+        if s.T_max == self.config.epochs:
+            return
+        s.T_max = self.config.epochs
+        # CosineAnnealingLR steps recursively from the current lr: put that lr on the new curve and the rest follows
+        for group, base in zip(self.optimizer.param_groups, s.base_lrs):
+            group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * s.last_epoch / s.T_max)) / 2
+        s._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
 
 
 def _zero_totals() -> dict[str, float]:

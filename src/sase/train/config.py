@@ -1,12 +1,27 @@
-"""Training settings: a dataclass whose defaults are the quick offline run, with SPEC §5's recipe as a preset."""
+"""Training settings: a dataclass whose defaults are the quick offline run, with the SASE paper's ImageNet
+recipe (Wang et al., 2024) as a preset."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ..utils.config import RunConfig
+import torch
+
+from ..models import MODELS
+from ..utils.config import SEEDS, Range, RunConfig
 
 AMP_MODES = ("bf16", "fp16")
+
+
+def device_error(name: str) -> str | None:
+    """None for a device string torch can parse (or "auto"), else the one-line complaint."""
+    if name == "auto":
+        return None
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return f"device must be auto, cpu, cuda or cuda:N, got {name!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -16,6 +31,13 @@ class TrainConfig(RunConfig):
     KIND = "training"
     # may differ on resume: they do not change the result
     KNOBS = ("out", "workers", "checkpoint_every", "download", "device")
+    RANGES = {
+        "image_size": Range(1), "epochs": Range(1), "batch_size": Range(1), "seed": SEEDS,
+        "lr": Range(0, low_open=True), "lr_min": Range(0, "lr"), "momentum": Range(0, 1, high_open=True),
+        "weight_decay": Range(0), "warmup_epochs": Range(0, "epochs"), "label_smoothing": Range(0, 1, high_open=True),
+        "grad_clip": Range(0, why="0 disables clipping"), "steps_per_epoch": Range(1), "checkpoint_every": Range(1),
+        "workers": Range(0),
+    }
 
     model: str = "resnet20"  # a sase.models name: resnet20/56/110 (CIFAR style), resnet18/34/50/101 (ImageNet)
     attention: str = "paper"  # a zoo name (none, se, eca, cbam, ...), a genotype preset, or a genotype JSON path
@@ -23,18 +45,18 @@ class TrainConfig(RunConfig):
     data: str | None = None  # dataset root; not needed for digits
     download: bool = False  # fetch CIFAR when it is not on disk (needs internet)
     image_size: int | None = None  # None: the dataset's own size (digits 16, CIFAR 32, folders 224)
-    epochs: int = 8  # digits reach ~97% top-1 in this many; SPEC §5 trains 100
+    epochs: int = 8  # digits reach ~97% top-1 in this many; the paper trains ImageNet for 100
     batch_size: int = 64
     seed: int = 0  # initialisation, data order and augmentation all follow from it
     # SGD with linear warm-up, then cosine decay, stepped every iteration
     lr: float = 0.1  # peak learning rate, reached at the end of the warm-up
     lr_min: float = 0.0  # floor of the cosine
     momentum: float = 0.9
-    nesterov: bool = False  # SPEC §5 uses plain momentum
-    weight_decay: float = 5e-4  # on every parameter, as the reference recipe does; SPEC §5 uses 1e-4
+    nesterov: bool = False  # the paper uses plain momentum
+    weight_decay: float = 5e-4  # on every parameter, as the reference recipe does; the paper uses 1e-4
     warmup_epochs: float = 1.0  # linear warm-up from ~0 to lr; one epoch keeps a fresh BN net stable at lr 0.1
-    label_smoothing: float = 0.0  # SPEC §5: 0.1 on ImageNet
-    grad_clip: float = 5.0  # max gradient norm (SPEC §5); 0 disables
+    label_smoothing: float = 0.0  # the paper: 0.1 on ImageNet
+    grad_clip: float = 5.0  # max gradient norm (the paper's 5); 0 disables
     amp: str | None = None  # None: float32; "bf16" autocast; "fp16" autocast with a gradient scaler
     steps_per_epoch: int | None = None  # cap on training steps per epoch (None: the whole training split)
     checkpoint_every: int = 500  # steps between checkpoints (one is also written at every epoch end)
@@ -43,27 +65,23 @@ class TrainConfig(RunConfig):
     out: str = "runs/train"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        self.check()  # types and the RANGES above
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid choices: {', '.join(MODELS)}")
         if self.amp is not None and self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (or unset for float32), got {self.amp!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be between 0 and epochs ({self.epochs}), got {self.warmup_epochs}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0 or not 0 <= self.lr_min <= self.lr:
-            raise ValueError(f"need 0 < lr and 0 <= lr_min <= lr, got lr={self.lr}, lr_min={self.lr_min}")
+        error = device_error(self.device)
+        if error:
+            raise ValueError(error)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC §5: ImageNet-1k, ResNet-50 (ResNet-101 with --model); the crops and jitter come from the data module
+    # the SASE paper's ImageNet-1k recipe (Wang et al., 2024): ResNet-50 (ResNet-101 with --model); the crops
+    # and jitter come from the data module
     "imagenet": dict(dataset="imagefolder", model="resnet50", epochs=100, batch_size=128, lr=0.1, lr_min=0.0,
                      momentum=0.9, nesterov=False, weight_decay=1e-4, warmup_epochs=0.0, label_smoothing=0.1,
                      grad_clip=5.0, checkpoint_every=1000),
-    # Not in SPEC (the paper reports no CIFAR training recipe): the common CIFAR ResNet recipe, cosine form
+    # Not from the paper (it reports no CIFAR training recipe): the common CIFAR ResNet recipe, cosine form
     "cifar": dict(dataset="cifar10", model="resnet56", epochs=200, batch_size=128, lr=0.1, lr_min=0.0,
                   momentum=0.9, nesterov=False, weight_decay=5e-4, warmup_epochs=1.0, label_smoothing=0.0,
                   grad_clip=5.0),

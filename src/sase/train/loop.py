@@ -6,7 +6,14 @@ A run folder holds config.json, history.csv (one row per epoch), checkpoint.pt, 
 summary.json and tensorboard/ (when tensorboard is installed). A run resumed from its checkpoint
 (`Trainer(config, resume=True)`) ends bit-identical to an uninterrupted one on the CPU: model,
 optimiser, schedule, gradient scaler, RNG, the epoch and the position in it are restored, and the
-data order and augmentation are functions of (seed, epoch, position).
+data order and augmentation are functions of (seed, epoch, position). The run is the folder
+`config.out`, wherever it was first written: a copied run folder resumes into the copy.
+
+A run resumed with more epochs than it was started with continues on the cosine re-stretched over the
+new total: from the step it stopped at, the learning rate is the one a run started with the new
+number of epochs would have there (a finished run's lr thus rises from lr_min to that value, then
+decays to lr_min at the new end); the steps already taken keep the learning rates they had, and the
+warm-up is unchanged. Fewer epochs are refused.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_dataset
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
@@ -57,7 +65,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
         self.config, self.progress = config, progress
-        self.out = Path(config.out)
+        self.out = check_out(config.out)
         self.device = resolve_device(config.device)
         if not resume and (self.out / CHECKPOINT).exists():  # before the data: scanning ImageNet takes a while
             raise FileExistsError(f"{self.out} already holds a training run; resume it with --resume or pick "
@@ -190,8 +198,12 @@ class Trainer:
 
     # -- folder and checkpoint
     def _start_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_out(self.out)
         (self.out / SUMMARY).unlink(missing_ok=True)  # a summary marks a finished run; this one is not
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """config.json: on resume too, so that it names this folder and the epochs the run now has."""
         (self.out / "config.json").write_text(self.config.to_json() + "\n")
 
     def _save(self) -> None:
@@ -205,20 +217,44 @@ class Trainer:
         }, self.out / CHECKPOINT)
 
     def _read_checkpoint(self) -> dict[str, Any]:
-        saved = load_checkpoint(self.out / CHECKPOINT)
-        if TrainConfig.from_dict(saved["config"]).recipe() != self.config.recipe():
-            raise ValueError(f"{self.out} was trained with other settings; resume with the saved config "
-                             f"({self.out / 'config.json'}) or start a new --out")
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist (a run stopped before its first "
+                                    "checkpoint starts again without --resume)")
+        saved = load_checkpoint(path)
+        try:
+            differ = self.config.resume_conflicts(TrainConfig.from_dict(saved["config"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a sase train checkpoint ({err})") from None
+        if differ:
+            raise ValueError(f"{self.out} was trained with other settings ({', '.join(differ)}); resume with the "
+                             f"saved config ({self.out / 'config.json'}) or start a new --out")
         return saved
 
     def _restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self._stretch_schedule()
         if self.scaler is not None:
             self.scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         self.epoch, self.step, self.totals = saved["epoch"], saved["step"], saved["totals"]
+        self._write_config()
+
+    def _stretch_schedule(self) -> None:
+        """After a resume with more epochs: the cosine over the new total, from the step the run is at.
+
+        The restored schedule keeps the total it was saved with (LambdaLR saves its lambda's fields).
+        """
+        schedule = self.scheduler.lr_lambdas[0]
+        total = self.config.epochs * self.steps
+        if schedule.total_steps == total:
+            return
+        schedule.total_steps = total
+        step = self.scheduler.last_epoch  # scheduler steps taken: the global step of the next optimiser step
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * schedule(step)
 
 
 def _zero_totals() -> dict[str, float]:

@@ -1,36 +1,79 @@
-"""The `sase` command line: one subcommand per module of this package."""
+"""The `sase` command line: one subcommand per module of this package.
+
+Bad input (a flag, a setting, a file, a folder) ends a command with one line on stderr that names it and
+says what was expected, and exit code 2; `--debug` (or SASE_DEBUG=1) shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+import traceback
+from typing import NoReturn, Sequence
 
 from . import compare, demo, pipeline, search
 from . import eval as eval_
 from . import train
 
 COMMANDS = {"search": search, "train": train, "eval": eval_, "compare": compare, "pipeline": pipeline, "demo": demo}
+# bad input from the user: settings and files (ValueError), files and folders the system refuses (OSError)
+USER_ERRORS = (ValueError, OSError)
+DEBUG_HELP = "show the traceback of an error (also: SASE_DEBUG=1)"
+
+
+class UsageError(Exception):
+    """A flag argparse refused; its message is the whole line to print."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line, without the usage block, and leaves exiting to `main`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sase", description="Search and use SASE attention blocks for CNNs.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="sase", description="Search and use SASE attention blocks for CNNs.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers are Parsers too
     for name, module in COMMANDS.items():
         module.add_parser(sub)
+    for command in sub.choices.values():
+        # SUPPRESS: unset here, the top-level --debug stands (a subparser default would overwrite it)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def debugging(args: argparse.Namespace | None = None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("SASE_DEBUG", "") not in ("", "0")
+
+
+def describe(err: BaseException) -> str:
+    """One line for a user error: an OSError as 'file: reason', anything else as its message."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())  # one line, whatever the message held
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        # bad input from the user: one clear line, not a traceback
-        print(f"sase {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if debugging(args):
+            err.__suppress_context__ = False  # show the error a one-line message replaced, too
+            traceback.print_exc()
+        print(f"sase {args.command}: error: {describe(err)}", file=sys.stderr)
         return 2
 
 

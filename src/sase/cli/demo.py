@@ -9,16 +9,18 @@ import torch
 from ..attention import create_attention
 from ..genotype import Genotype
 from ..models import create_model
+from .args import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build the published SASE block in a ResNet and run a forward pass",
+    p = sub.add_parser("demo", help="build the published SASE block (Wang et al., 2024) in a ResNet and run a "
+                       "forward pass",
                        description=__doc__)
-    p.add_argument("--model", default="resnet50", help="backbone name (default: resnet50)")
+    p.add_argument("--model", default="resnet50", help="backbone name (ResNet, He et al., 2016; default: resnet50)")
     p.add_argument("--attention", default="paper",
                    help="attention: a zoo name, a preset or a genotype JSON file (default: paper)")
-    p.add_argument("--image-size", type=int, default=224, help="input height and width (default: 224)")
-    p.add_argument("--batch-size", type=int, default=2, help="batch size of the forward pass (default: 2)")
+    p.add_argument("--image-size", type=positive_int, default=224, help="input height and width (default: 224)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="batch size of the forward pass (default: 2)")
     p.set_defaults(command="demo")
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     plain = create_model(args.model, attention="none")
     # train mode: BatchNorm normalises with batch statistics, as it does in training. An untrained network in
     # eval mode runs on BatchNorm's initial statistics, and the unbounded `fc` excitation of the published
-    # block (no sigmoid, SPEC §1.2) can then amplify activations block after block.
+    # block (Wang et al., 2024: no sigmoid) can then amplify activations block after block.
     model = create_model(args.model, attention=args.attention).train()
     extra = count(model) - count(plain)
     print(f"{args.model} + {args.attention}: {count(model):,} parameters "

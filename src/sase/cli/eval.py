@@ -17,6 +17,7 @@ from ..train import TrainConfig, count_flops, count_parameters, evaluate, load_m
 from ..train.export import locate
 from ..train.plots import si
 from ..train.recipe import resolve_device
+from .args import count, device, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
     p.add_argument("--data", help="dataset root (default: the training run's, when its config.json is beside the "
                    "model file)")
-    p.add_argument("--image-size", type=int, help="input size (default: the training size)")
-    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
+    p.add_argument("--image-size", type=positive_int, help="input size (default: the training size)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="evaluation batch size (default: 128)")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="evaluate under autocast (default: float32)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--workers", type=count, default=0, help="data loader worker processes")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", help="JSON file for the results (default: eval_<dataset>.json beside the model file)")
     p.set_defaults(command="eval")
 

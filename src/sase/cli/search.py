@@ -43,6 +43,7 @@ FLAGS = {
     "lr": "initial weight learning rate (SGD, cosine decay)",
     "lr_min": "weight learning rate at the end of the cosine",
     "momentum": "SGD momentum of the weights, in [0, 1)",
+    "grad_clip": "max gradient norm of the weights (0 disables clipping)",
     "arch_lr": "α learning rate (Adam). Default: 3e-4 x 19,500 / (this run's α steps), the α travel of the "
                "100-epoch search of the SASE paper (Wang et al., 2024) spread over this run; the paper preset uses "
                "3e-4",

@@ -3,13 +3,13 @@
 The class list is always read from train/, so a label means the same class in both splits. Files are
 found by torchvision's `make_dataset` (image extensions, recursive, sorted); hidden files and folders
 are left out (`.ipynb_checkpoints`, macOS `._x.jpg` files are not classes or images). Files that are
-not sound images are skipped with one warning, and the build fails when more than a share of them
-are bad (SPEC §5 for the transforms).
+not sound images are skipped with one message on stderr, and the build fails when more than a share of
+them are bad (SPEC §5 for the transforms).
 """
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,7 +33,7 @@ class FolderCheck:
     full: bool = False  # decode every image (slow on large sets) instead of checking header and end marker
     max_bad_fraction: float = 0.1  # fail when more than this share of the image files is unreadable
     threads: int = 16  # files checked in parallel
-    shown: int = 3  # bad paths named in the warning / error
+    shown: int = 3  # bad paths named in the message / error
 
 
 class ImageFolderDataset(Dataset):
@@ -94,7 +94,8 @@ def _drop_unreadable(split_dir: Path, samples: list[tuple[str, int]], check: Fol
     if len(problems) > check.max_bad_fraction * len(samples) or len(problems) == len(samples):
         raise ValueError(f"{summary}: more than {check.max_bad_fraction:.0%} of the files; check the copy "
                          f"of the dataset")
-    warnings.warn(f"skipping {summary}", stacklevel=3)
+    # a message for the user, not a Python warning: warnings filters would hide it or turn it into an error
+    print(f"warning: skipping {summary}", file=sys.stderr, flush=True)
     return [(p, label) for p, label in samples if p not in problems]
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,32 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint as data only (`weights_only=True`: a checkpoint never runs code)."""
+    """Load a checkpoint as data only (`weights_only=True`: a checkpoint never runs code).
+
+    A file torch cannot read, or one that asks to run code, is a ValueError naming it and saying why.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: {_unpickling_reason(str(err))}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile):
+        # torch's zip reader raises a RuntimeError ("failed finding central directory") for a file cut short
+        raise ValueError(f"{path}: not a readable checkpoint: the file is truncated or corrupt") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a sase checkpoint (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _unpickling_reason(message: str) -> str:
+    """What a weights_only refusal means, in one line: code in the file, or not a checkpoint at all."""
+    code = re.search(r"GLOBAL (\S+)", message)
+    if code:
+        return (f"refused to load: it asks to run {code.group(1)}, and a checkpoint holds only tensors and "
+                "plain values (do not load this file)")
+    return "not a torch checkpoint (torch.load cannot read it)"
 
 
 def rng_state() -> dict[str, Any]:

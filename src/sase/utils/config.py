@@ -108,7 +108,8 @@ class RunConfig:
             raise ValueError(f"{cls.KIND} settings must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
         if unknown:
-            raise ValueError(f"unknown {cls.KIND} setting(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown {cls.KIND} setting(s): {', '.join(unknown)} (is it the config of a {cls.KIND} "
+                             "run?)")
         return cls(**data)
 
     @classmethod

@@ -1,4 +1,7 @@
-"""Every attention module of the zoo: shapes at odd sizes, finite gradients, autocast, factory keywords."""
+"""Every attention module of the zoo: shapes at odd sizes, finite gradients, factory keywords.
+
+Values against restated definitions, and autocast, are in test_op_values.py.
+"""
 from __future__ import annotations
 
 import pytest
@@ -12,8 +15,6 @@ from sase.attention.gsop import covariance
 NAMES = list(ATTENTIONS)
 # 24 is not a multiple of 16 (FcaNet's frequency groups, the C/16 reductions)
 CHANNELS = (32, 24)
-# max |out - out_fp32| / max |out_fp32| allowed under autocast, per dtype
-AUTOCAST_TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +34,6 @@ def _check_grads(module: nn.Module, x: Tensor) -> None:
     for pname, p in module.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
-
-
-def _large(shape: tuple[int, ...]) -> Tensor:
-    """Uniform in [100, 300] with a random sign: squares near 1e5, sums of them past float16."""
-    sign = torch.randint(0, 2, shape).float() * 2 - 1
-    return sign * torch.empty(shape).uniform_(100, 300)
 
 
 @pytest.mark.parametrize("channels", CHANNELS)
@@ -65,25 +60,6 @@ def test_all_zero_input(name: str) -> None:
     # sqrt at 0 and variance 0 are where a NaN gradient would come from
     module = _build(name, 32).train()
     _check_grads(module, torch.zeros(2, 32, 8, 8, requires_grad=True))
-
-
-@pytest.mark.parametrize("dtype", list(AUTOCAST_TOL))
-@pytest.mark.parametrize("name", NAMES)
-def test_autocast_large_inputs(name: str, dtype: torch.dtype) -> None:
-    module = _build(name, 32).eval()
-    x = _large((2, 32, 8, 8))
-    with torch.no_grad():
-        ref = module(x)
-        with torch.autocast("cpu", dtype=dtype):
-            out = module(x)
-            # a low-precision input keeps its dtype, and its statistics must not overflow it
-            out_low = module(x.to(dtype))
-        ref_low = module(x.to(dtype).float())
-    scale = ref.abs().max()
-    assert torch.isfinite(out).all() and torch.isfinite(out_low).all()
-    assert out_low.dtype == dtype
-    assert (out.float() - ref).abs().max() <= AUTOCAST_TOL[dtype] * scale
-    assert (out_low.float() - ref_low).abs().max() <= AUTOCAST_TOL[dtype] * ref_low.abs().max()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -23,8 +23,10 @@ def dct_basis(freq: int, size: int = GRID) -> Tensor:
     return basis * math.sqrt(2) if freq else basis
 
 
-def dct_filters(channels: int) -> Tensor:
+def dct_filters(channels: int, dtype: torch.dtype | None = None) -> Tensor:
     """(C, 7, 7): channel c gets the 2-D basis of frequency group c * F // C (contiguous groups).
+
+    Computed in float64 and rounded once to `dtype` (the default dtype when None).
 
     F = min(16, C); when 16 does not divide C the groups differ in size by at most one channel.
     """
@@ -32,7 +34,7 @@ def dct_filters(channels: int) -> Tensor:
     bases = torch.stack([torch.outer(dct_basis(u), dct_basis(v))
                          for u, v in zip(TOP16_U[:num_freq], TOP16_V[:num_freq])])  # (F, 7, 7)
     group = torch.arange(channels) * num_freq // channels
-    return bases[group].float()
+    return bases[group].to(dtype or torch.get_default_dtype())
 
 
 class FCA(nn.Module):
@@ -49,8 +51,7 @@ class FCA(nn.Module):
         super().__init__()
         hidden = max(1, channels // reduction)
         # fixed, not learned, and rebuilt from `channels`: kept out of the state dict
-        self.register_buffer("weight", dct_filters(channels).to(device=device, dtype=dtype),
-                             persistent=False)
+        self.register_buffer("weight", dct_filters(channels, dtype).to(device=device), persistent=False)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden, bias=False, device=device, dtype=dtype),
             nn.ReLU(inplace=True),

@@ -44,6 +44,7 @@ class Cov(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        # max(1, .): the authors' C // 4 leaves no row at all for C < 4
         self.rows = max(1, channels // 4)
         self.head = CovarianceHead(self.rows, channels)
 
@@ -63,6 +64,8 @@ CHANNEL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {
     "l2": L2,
     "pnorm": partial(Statistic, axis="hw", stat="pnorm4"),
     "gap_gmp": partial(MeanAnd, axis="hw", second="max"),
+    # biased std, where the authors' code takes torch.std's unbiased one: that divides by H*W - 1,
+    # zero on a 1x1 map (the last stage of a detector at a small input), and gives NaN there
     "gap_std": partial(MeanAnd, axis="hw", second="std"),
     "gap_skew": partial(MeanAnd, axis="hw", second="third_moment"),
     "cov": Cov,

@@ -74,7 +74,8 @@ class MeanAnd(nn.Module):
 class CovarianceHead(nn.Module):
     """Second-order pooling head: covariance of `rows` rows, BatchNorm, row-wise conv, ReLU, 1x1 conv.
 
-    Input (B, R, N): R rows observed at N points. Output (B, out, 1, 1).
+    Input (B, R, N): R rows observed at N points. Output (B, out, 1, 1). As in the SASE authors'
+    code (and GSoP), neither conv has a bias: the BatchNorm before them carries the shift.
     """
 
     def __init__(self, rows: int, out: int) -> None:
@@ -82,15 +83,16 @@ class CovarianceHead(nn.Module):
         self.rows = rows
         self.bn = nn.BatchNorm2d(rows)
         # kernel (R, 1) with groups=R: each row of the covariance matrix becomes one value
-        self.row_conv = nn.Conv2d(rows, rows, (rows, 1), groups=rows)
-        self.proj = nn.Conv2d(rows, out, 1)
+        self.row_conv = nn.Conv2d(rows, rows, (rows, 1), groups=rows, bias=False)
+        self.proj = nn.Conv2d(rows, out, 1, bias=False)
 
     def forward(self, z: Tensor) -> Tensor:
         z = z.to(self.proj.weight.dtype)
         z = z - z.mean(-1, keepdim=True)
-        # (reference) products of the centred rows summed over points, divided by R - 1
+        # (reference) products of the centred rows summed over points, divided by R - 1;
+        # max(., 1): the authors' code divides by zero for a single row (C < 8 in the channel op)
         cov = torch.bmm(z, z.transpose(1, 2)) / max(self.rows - 1, 1)  # (B, R, R)
         cov = self.bn(cov.unsqueeze(-1)).squeeze(-1)  # (B, R, R)
         # the row-wise grouped conv, as a multiply and a sum: same result, several times faster on CPU
-        y = (cov * self.row_conv.weight.view(1, self.rows, self.rows)).sum(-1) + self.row_conv.bias
+        y = (cov * self.row_conv.weight.view(1, self.rows, self.rows)).sum(-1)  # (B, R)
         return pointwise(self.proj, torch.relu(y))  # (B, R) -> (B, out, 1, 1)

@@ -32,17 +32,20 @@ class L2(nn.Module):
     @no_autocast
     def forward(self, x: Tensor | Features) -> Tensor:
         features = Features.of(x)
-        stats = features.hw
-        # y = gamma * (x - mean) / sqrt(var + eps) + beta, folded into one scale and shift per channel
-        scale = wide(self.weight).view(1, -1, 1, 1) * torch.rsqrt(stats.var + self.eps)
-        shift = wide(self.bias).view(1, -1, 1, 1) - scale * stats.mean
-        energy = features.channel_affine_sq_sum(scale, shift)  # (B, 1, H, W)
+        # y = gamma * (x - mean) / sqrt(var + eps) + beta = scale * (x - mean) + beta, per channel
+        scale = wide(self.weight).view(1, -1, 1, 1) * torch.rsqrt(features.hw.var + self.eps)  # (B, C, 1, 1)
+        energy = features.channel_affine_sq_sum(scale, wide(self.bias).view(1, -1, 1, 1))  # (B, 1, H, W)
         # clamp: sqrt's slope is infinite at 0 (and the expanded square can round a hair below it)
         return energy.clamp_min(1e-12).sqrt().to(self.weight.dtype)
 
 
 class Cov(nn.Module):
-    """Covariance between the 64 positions of the map pooled to 8x8, over channels, resized back."""
+    """Covariance between the 64 positions of the map pooled to 8x8, over channels, pooled back to H x W.
+
+    Both resizes are adaptive average pooling, as in the authors' code: it also enlarges (a map
+    smaller than 8x8 on the way in, the 8x8 result for a larger map on the way out), each output
+    cell averaging the input cells its bin overlaps, so every H, W >= 1 works.
+    """
 
     grid = 8
 
@@ -57,7 +60,7 @@ class Cov(nn.Module):
         b, c, h, w = x.shape
         z = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, 64, C)
         y = self.head(z).view(b, 1, self.grid, self.grid)  # (B, 64, 1, 1) -> (B, 1, 8, 8)
-        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(y, (h, w))  # (B, 1, H, W)
 
 
 SPATIAL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {
@@ -65,6 +68,7 @@ SPATIAL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {
     "l2": L2,
     "pnorm": partial(Statistic, axis="c", stat="pnorm4"),
     "gap_gmp": partial(MeanAnd, axis="c", second="max"),
+    # biased std over C, as in the channel set (the authors' code: unbiased, NaN for one channel)
     "gap_std": partial(MeanAnd, axis="c", second="std"),
     "gap_skew": partial(MeanAnd, axis="c", second="third_moment"),
     "cov": Cov,

@@ -1,14 +1,44 @@
 """DARTS search for SASE blocks: the supernet, the architect, the search loop, and what it concludes.
 
     from sase.search import Supernet, Architect, SearchConfig, run_search
-"""
-from .architect import ORDERS, Architect
-from .config import PRESETS, SearchConfig
-from .loop import Search, SearchDiverged, SearchResult, ensure_search, run_search
-from .stability import Stability, aggregate, run_seeds, write_stability
-from .supernet import MixedOp, Supernet, derive_genotype, parameter_free
-from .verdict import DECIDED_MARGIN, Verdict, judge, read_verdict
 
-__all__ = ["DECIDED_MARGIN", "ORDERS", "PRESETS", "Architect", "MixedOp", "Search", "SearchConfig", "SearchDiverged",
-           "SearchResult", "Stability", "Supernet", "Verdict", "aggregate", "derive_genotype", "ensure_search", "judge",
-           "parameter_free", "read_verdict", "run_search", "run_seeds", "write_stability"]
+Names load on first use (PEP 562): importing the package builds nothing and draws no random numbers;
+`from sase.search import SearchConfig` loads the configuration alone, not the supernet.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ORDERS": "architect", "Architect": "architect",
+    "PRESETS": "config", "SearchConfig": "config",
+    "Search": "loop", "SearchDiverged": "loop", "SearchResult": "loop", "ensure_search": "loop",
+    "run_search": "loop",
+    "Stability": "stability", "aggregate": "stability", "run_seeds": "stability", "write_stability": "stability",
+    "MixedOp": "supernet", "Supernet": "supernet", "derive_genotype": "supernet", "parameter_free": "supernet",
+    "DECIDED_MARGIN": "verdict", "Verdict": "verdict", "judge": "verdict", "read_verdict": "verdict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .architect import ORDERS, Architect
+    from .config import PRESETS, SearchConfig
+    from .loop import Search, SearchDiverged, SearchResult, ensure_search, run_search
+    from .stability import Stability, aggregate, run_seeds, write_stability
+    from .supernet import MixedOp, Supernet, derive_genotype, parameter_free
+    from .verdict import DECIDED_MARGIN, Verdict, judge, read_verdict
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

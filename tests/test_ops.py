@@ -194,8 +194,10 @@ def test_central_moments_stay_accurate_far_from_zero(axis, ratio):
     skew = scipy.stats.skew(samples, axis=along, bias=True)
     got_var = stats.var.double().numpy().reshape(var.shape)
     got_skew = (stats.third_moment.double() / stats.var.double().pow(1.5)).numpy().reshape(skew.shape)
-    assert np.abs(got_var / var - 1).max() < 1e-4
-    assert np.abs(got_skew - skew).max() < 1e-3
+    # near float32's own rounding at any offset: the rounding of the mean, uncorrected, would add
+    # 3e-7 * ratio to the skewness
+    assert np.abs(got_var / var - 1).max() < 1e-5
+    assert np.abs(got_skew - skew).max() < 2e-5
 
 
 def test_importing_the_package_builds_nothing_and_draws_no_random_numbers():

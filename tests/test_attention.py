@@ -142,5 +142,5 @@ def test_gsop_reduced_channels_keyword() -> None:
 
 
 def test_registry_has_the_zoo() -> None:
-    # SPEC §7: the eight compared modules, the no-attention baseline and SASE, one name each
+    # the eight compared modules, the no-attention baseline and SASE, one name each
     assert {"none", "se", "eca", "cbam", "srm", "gct", "fca", "gsop", "simam", "sase"} <= set(ATTENTIONS)

@@ -10,7 +10,8 @@ SIZES = [(1, 1), (2, 2), (7, 5), (32, 32), (33, 47)]
 
 
 def spec_forward(block: SASEBlock, x: torch.Tensor) -> torch.Tensor:
-    """SPEC §2 transcribed literally, with the block's own edge modules, every tensor written out."""
+    """The cell (Wang et al., 2024) transcribed literally, with the block's own edge modules, every tensor
+    written out."""
     cs, ce_a, ce_b, ss_a, ss_b, se = block.edges
     s1 = cs(x)
     s2 = ce_a(s1)
@@ -73,7 +74,7 @@ def test_accepts_timm_factory_keywords_and_specs(tmp_path):
     Genotype.paper().to_json(path)
     assert SASEBlock(8, genotype=str(path)).genotype == Genotype.paper()
     assert SASEBlock(8, genotype=Genotype.paper().to_json()).genotype == Genotype.paper()
-    assert block.merge.bn.affine  # the final block's merge BatchNorm is affine (SPEC §2)
+    assert block.merge.bn.affine  # the final block's merge BatchNorm is affine
 
 
 @pytest.mark.parametrize("channels", [0, -3, 2.5, "64"])

@@ -1,4 +1,4 @@
-"""The SASE cell: six edges wired into an attention block (SPEC §2), written once.
+"""The SASE cell: six edges wired into an attention block (Wang et al., 2024), written once.
 
 `Cell` holds six edge modules and a merge; `forward` is the only place the wiring lives. The fixed
 block (`SASEBlock`) puts one op on each edge, the supernet a mixed op; nothing else differs.
@@ -58,7 +58,7 @@ class SpatialMerge(nn.Module):
 class Cell(nn.Module):
     """The six-edge wiring around any six edge modules (ops or mixed ops), in `EDGES` order.
 
-    `affine` is the merge BatchNorm's: off while searching, on in the final block (SPEC §2).
+    `affine` is the merge BatchNorm's: off while searching, on in the final block.
     """
 
     def __init__(self, edges: Sequence[nn.Module], affine: bool) -> None:

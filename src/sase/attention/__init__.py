@@ -5,7 +5,7 @@
 `Genotype`), per-stage genotypes (`StageGenotypes`, or the JSON text or path of a width -> genotype
 object: the block gets the genotype of its width), or a callable taking `channels` (a class or
 partial, as timm's `attn_layer`).
-SE, ECA and CBAM are timm's own modules (SPEC §7).
+SE, ECA and CBAM are timm's own modules.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _identity(channels: int, **_: Any) -> nn.Module:
 
 ATTENTIONS: dict[str, AttentionFactory] = {
     "none": _identity,
-    "se": partial(SEModule, rd_divisor=1),  # SPEC §7: C -> C/16, not rounded up to a multiple of 8
+    "se": partial(SEModule, rd_divisor=1),  # Hu et al.: C -> C/16, not rounded up to a multiple of 8
     "eca": EcaModule,
     "cbam": CbamModule,
     "srm": SRM,

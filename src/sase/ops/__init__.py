@@ -1,4 +1,5 @@
-"""The four SASE operation sets (SPEC §1). Each registry maps an op name to a factory `fn(channels)`.
+"""The four SASE operation sets (Wang et al., "SASE: A Searching Architecture for Squeeze and
+Excitation Operations", 2024). Each registry maps an op name to a factory `fn(channels)`.
 
 These registries are the only place op names live: the genotype, the cell and the supernet read
 them from here. `OPS` maps a set name to its registry.

@@ -1,4 +1,4 @@
-"""Channel excitation: (B, C, 1, 1) -> (B, C, 1, 1), a weight per channel (SPEC §1.2)."""
+"""Channel excitation: (B, C, 1, 1) -> (B, C, 1, 1), a weight per channel (Wang et al., 2024)."""
 from __future__ import annotations
 
 from functools import partial

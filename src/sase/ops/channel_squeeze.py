@@ -1,4 +1,4 @@
-"""Channel squeeze: (B, C, H, W) -> (B, C, 1, 1), one descriptor per channel (SPEC §1.1).
+"""Channel squeeze: (B, C, H, W) -> (B, C, 1, 1), one descriptor per channel (Wang et al., 2024).
 
 Each op takes a tensor or a shared `Features` and reads its statistics over (H, W).
 """

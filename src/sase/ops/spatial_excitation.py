@@ -1,4 +1,4 @@
-"""Spatial excitation: (B, 1, H, W) -> (B, 1, H, W), a weight per position (SPEC §1.4)."""
+"""Spatial excitation: (B, 1, H, W) -> (B, 1, H, W), a weight per position (Wang et al., 2024)."""
 from __future__ import annotations
 
 from functools import partial

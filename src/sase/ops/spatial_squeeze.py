@@ -1,4 +1,4 @@
-"""Spatial squeeze: (B, C, H, W) -> (B, 1, H, W), one descriptor per position (SPEC §1.3).
+"""Spatial squeeze: (B, C, H, W) -> (B, 1, H, W), one descriptor per position (Wang et al., 2024).
 
 The ideas of the channel squeeze, applied along the channel axis. Each op takes a tensor or a
 shared `Features` and reads its statistics over C.

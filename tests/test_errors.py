@@ -136,6 +136,7 @@ CASES: dict[str, tuple[list[str], Setup | None, list[str]]] = {
     "train --workers -1": (["train", *TRAIN, "--workers", "-1", "--out", "{tmp}/r"], None, ["workers", "got -1"]),
     "train --lr nan": (["train", *TRAIN, "--lr", "nan", "--out", "{tmp}/r"], None, ["lr must be", "got nan"]),
     "train --epochs x": (["train", "--epochs", "x"], None, ["--epochs", "invalid int value: 'x'"]),
+    "search --nosuch": (["search", "--nosuch", "1"], None, ["unrecognized arguments: --nosuch 1"]),
 }
 
 
@@ -191,7 +192,7 @@ def test_skipped_images_are_a_message_not_a_warning(tmp_path, capsys):
         dataset, _ = build_dataset("imagefolder", tmp_path, train=True)
     err = capsys.readouterr().err
     assert len(dataset) == 20 and not caught
-    assert err.startswith("warning: skipping 1 of 21 image files") and "bad.png" in err
+    assert err.startswith("warning: 1 of 21 image files") and "bad.png" in err and "skipping them" in err
 
 
 def test_every_numeric_setting_has_a_range():

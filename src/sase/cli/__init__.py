@@ -60,7 +60,10 @@ def describe(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command they were given to, not by `sase`
+            prog = f"sase {args.command}" if args.command else "sase"
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2

@@ -95,7 +95,7 @@ def _drop_unreadable(split_dir: Path, samples: list[tuple[str, int]], check: Fol
         raise ValueError(f"{summary}: more than {check.max_bad_fraction:.0%} of the files; check the copy "
                          f"of the dataset")
     # a message for the user, not a Python warning: warnings filters would hide it or turn it into an error
-    print(f"warning: skipping {summary}", file=sys.stderr, flush=True)
+    print(f"warning: {summary}; skipping them", file=sys.stderr, flush=True)
     return [(p, label) for p, label in samples if p not in problems]
 
 

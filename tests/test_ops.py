@@ -208,7 +208,10 @@ def test_importing_the_package_builds_nothing_and_draws_no_random_numbers():
             "assert torch.equal(before, torch.random.get_rng_state()), 'importing sase drew random numbers'\n"
             "assert 'sase.search.supernet' not in sys.modules, 'importing sase.search loaded the supernet'\n"
             "from sase.search import SearchConfig\n"
-            "assert torch.equal(before, torch.random.get_rng_state()), 'loading SearchConfig drew random numbers'\n")
+            "assert torch.equal(before, torch.random.get_rng_state()), 'loading SearchConfig drew random numbers'\n"
+            "from sase.search import Supernet, parameter_free\n"
+            "assert parameter_free('channel_squeeze', 'gap') and not parameter_free('channel_excitation', 'fc')\n"
+            "assert torch.equal(before, torch.random.get_rng_state()), 'loading the supernet drew random numbers'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

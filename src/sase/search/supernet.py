@@ -7,6 +7,7 @@ with `per_stage=True` one group per stage, a stage being every block of one widt
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterator
 
 import timm
@@ -140,9 +141,11 @@ def build_backbone(name: str | BackboneBuilder, attention: Callable[..., nn.Modu
     return create_model(name, attention=attention, num_classes=num_classes, **kwargs)
 
 
+@functools.cache
 def parameter_free(op_set: str, name: str) -> bool:
-    """Whether a candidate has no learned parameters (the ops DARTS tends to collapse onto)."""
-    return _PARAMETER_FREE[(op_set, name)]
+    """Whether a candidate has no learned parameters (the ops DARTS tends to collapse onto).
 
-
-_PARAMETER_FREE = {(s, n): not any(True for _ in f(8).parameters()) for s, r in OPS.items() for n, f in r.items()}
+    Built on the meta device, on first use: no memory, no draw from the global random stream.
+    """
+    with torch.device("meta"):
+        return not any(True for _ in OPS[op_set][name](8).parameters())

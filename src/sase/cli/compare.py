@@ -15,6 +15,7 @@ import sys
 
 from ..train import TrainingDiverged
 from ..train.compare import markdown_table, parse_entries, run_compare, search_verdict, shown_label
+from ..utils.folders import check_out
 from .train import add_recipe_flags, config_from_args
 
 DEFAULT_ATTENTIONS = "none,se,cbam,eca,paper"
@@ -44,6 +45,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)  # before any training: a comparison folder that cannot be written fails at once
     seeds = parse_seeds(args.seeds)
     base = config_from_args(args, out=args.out)
     entries = parse_entries(args.attentions, out=args.out, random_seed=args.random_seed)

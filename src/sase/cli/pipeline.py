@@ -18,6 +18,7 @@ from pathlib import Path
 from ..search import SearchConfig, SearchDiverged, ensure_search
 from ..train import TrainConfig, TrainingDiverged
 from ..train.compare import markdown_table, parse_entries, run_compare
+from ..utils.folders import check_out
 from .compare import parse_seeds
 
 # The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 15-20 min on 2 CPU cores.
@@ -72,7 +73,7 @@ def configs(args: argparse.Namespace) -> tuple[SearchConfig, TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = check_out(args.out)  # before the search: a pipeline folder that cannot be written fails at once
     search_config, base = configs(args)
     seeds = parse_seeds(args.seeds)
     print(f"pipeline: search ({search_config.epochs} epochs, order {search_config.order}) on {base.dataset} -> "

@@ -1,4 +1,4 @@
-"""`sase search`: find an attention block by DARTS on a backbone and a dataset.
+"""`sase search`: find an attention block by DARTS (Liu et al., ICLR 2019) on a backbone and a dataset.
 
 With no arguments it runs offline on the bundled digits through the CIFAR ResNet-20
 supernet, second order, in a few minutes on two CPU cores. Every search ends with a verdict: α is
@@ -63,7 +63,7 @@ FLAGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search an attention block (DARTS)", description=__doc__,
+    p = sub.add_parser("search", help="search an attention block (DARTS, Liu et al., ICLR 2019)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
     choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS), "arch_optimizer": list(ARCH_OPTIMIZERS)}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sase.ops import OPS, Features, create_op
+from sase.ops.common import adaptive_resize
 
 CHANNELS = 16
 SIZES = [(1, 1), (2, 2), (7, 5), (32, 32), (33, 47)]
@@ -222,3 +223,13 @@ def test_statistics_write_out_only_the_powers_they_need():
     assert not {"x2", "x3", "x4"} & set(vars(features)), "a power of the map was written out needlessly"
     features.c.pnorm4
     assert "x4" in vars(features) and "x3" not in vars(features)
+
+
+@pytest.mark.parametrize("size,out", [((16, 16), (8, 8)), ((8, 8), (16, 16)), ((5, 7), (8, 8)), ((8, 8), (7, 5)),
+                                      ((13, 9), (8, 8)), ((1, 1), (8, 8)), ((8, 8), (1, 1))])
+def test_adaptive_resize_is_adaptive_average_pooling(size, out):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, *out, dtype=torch.float64)
+    got, want = adaptive_resize(x, out), F.adaptive_avg_pool2d(x, out)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0], rtol=0, atol=1e-12)

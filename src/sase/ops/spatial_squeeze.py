@@ -9,10 +9,9 @@ from functools import partial
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import CovarianceHead, MeanAnd, Statistic
+from .common import CovarianceHead, MeanAnd, Statistic, adaptive_resize
 from .features import Features, no_autocast, wide
 
 
@@ -58,9 +57,9 @@ class Cov(nn.Module):
     def forward(self, x: Tensor | Features) -> Tensor:
         x = Features.of(x).x32
         b, c, h, w = x.shape
-        z = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, 64, C)
+        z = adaptive_resize(x, (self.grid, self.grid)).flatten(2).transpose(1, 2)  # (B, 64, C)
         y = self.head(z).view(b, 1, self.grid, self.grid)  # (B, 64, 1, 1) -> (B, 1, 8, 8)
-        return F.adaptive_avg_pool2d(y, (h, w))  # (B, 1, H, W)
+        return adaptive_resize(y, (h, w))  # (B, 1, H, W)
 
 
 SPATIAL_SQUEEZE: dict[str, Callable[[int], nn.Module]] = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -266,6 +267,13 @@ def test_random_baseline_end_to_end(tmp_path, capsys):
     assert main(args) == 0 and "training in" not in capsys.readouterr().out  # the same cells, read again
     assert main([*args[:-4], "--random-seed", "4", "--out", str(out)]) == 2  # other draws than the cells hold
     assert "another genotype than random seed 4" in capsys.readouterr().err and mtimes(out) == before
+
+    # a copied comparison names its genotype files by their new path: the same genotypes, so its cells are read
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = mtimes(copy)
+    assert main([*args[:-2], "--out", str(copy)]) == 0
+    assert "training in" not in capsys.readouterr().out and mtimes(copy) == before
 
 
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):

@@ -3,6 +3,7 @@ recipe (Wang et al., 2024) as a preset."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,6 +74,25 @@ class TrainConfig(RunConfig):
         error = device_error(self.device)
         if error:
             raise ValueError(error)
+
+    def recipe(self) -> dict[str, Any]:
+        """As `RunConfig.recipe`, with a genotype file named by the genotype it holds, not by its path: a
+        comparison or pipeline folder that was copied or moved names the same genotype by another path."""
+        d = super().recipe()
+        d["attention"] = _attention_value(self.attention)
+        return d
+
+
+def _attention_value(attention: str) -> str:
+    """The genotype a genotype file holds, as compact JSON; any other attention as given."""
+    if not attention.lower().endswith(".json") or not Path(attention).is_file():
+        return attention
+    from ..stage_genotypes import genotype_or_stages  # the genotype module imports models: load it late
+
+    try:
+        return genotype_or_stages(attention).to_json(indent=None)
+    except ValueError:  # a malformed file: as given, so the mismatch (if any) is reported by path
+        return attention
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -83,7 +83,7 @@ class Genotype(Mapping):
 
     @classmethod
     def paper(cls) -> Genotype:
-        """The published genotype (CIFAR-10, second order, seed 2; SPEC §4)."""
+        """The published genotype (CIFAR-10, second order, seed 2; Wang et al., 2024)."""
         return PRESETS["paper"]
 
     @classmethod

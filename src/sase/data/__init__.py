@@ -20,9 +20,9 @@ from .spec import DatasetBuilder, DataSpec, PathLike
 DATASETS: dict[str, DatasetBuilder] = {
     "digits": build_digits,  # scikit-learn's bundled 8x8 digits: needs no files, the offline default
     "cluttered-digits": build_cluttered_digits,  # one digit among fragments of others on 32x32: offline, harder
-    "cifar10": build_cifar10,  # python version of CIFAR-10 under root (SPEC §3)
+    "cifar10": build_cifar10,  # python version of CIFAR-10 under root (Wang et al., 2024)
     "cifar100": build_cifar100,  # python version of CIFAR-100 under root
-    "imagefolder": build_imagefolder,  # root/train/<class>/<image>, root/val/<class>/<image> (SPEC §5)
+    "imagefolder": build_imagefolder,  # root/train/<class>/<image>, root/val/<class>/<image> (Wang et al., 2024)
 }
 
 

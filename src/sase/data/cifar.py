@@ -1,4 +1,4 @@
-"""'cifar10' / 'cifar100': the python versions of CIFAR, read from disk (SPEC §3).
+"""'cifar10' / 'cifar100': the python versions of CIFAR, read from disk (Wang et al., 2024).
 
 `root` is the folder that holds `cifar-10-batches-py` / `cifar-100-python`, or that folder itself.
 Files are read by our own checked reader (cifar_format), so a copy that is not byte-identical to the
@@ -98,7 +98,7 @@ def load_cifar(root: PathLike | None, fmt: CifarFormat, *, train: bool,
 
 def build_cifar(root: PathLike | None, fmt: CifarFormat, *, train: bool, augment: bool,
                 image_size: int | None = None, download: bool = False) -> tuple[InMemoryImages, DataSpec]:
-    """One split of CIFAR-10 or CIFAR-100, augmented as in SPEC §3 when `augment`."""
+    """One split of CIFAR-10 or CIFAR-100, augmented as in Wang et al., 2024 when `augment`."""
     size = CIFAR_SIZE if image_size is None else image_size
     images, labels = load_cifar(root, fmt, train=train, download=download)
     transform = cifar_transform(augment, fmt.mean, fmt.std, size)

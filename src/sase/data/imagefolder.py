@@ -4,7 +4,7 @@ The class list is always read from train/, so a label means the same class in bo
 found by torchvision's `make_dataset` (image extensions, recursive, sorted); hidden files and folders
 are left out (`.ipynb_checkpoints`, macOS `._x.jpg` files are not classes or images). Files that are
 not sound images are skipped with one message on stderr, and the build fails when more than a share of
-them are bad (SPEC §5 for the transforms).
+them are bad (Wang et al., 2024 for the transforms).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def load_samples(root: Path, train: bool,
 def build_imagefolder(root: PathLike | None, *, train: bool, augment: bool, image_size: int | None = None,
                       download: bool = False,
                       check: FolderCheck = FolderCheck()) -> tuple[ImageFolderDataset, DataSpec]:
-    """One split of an image folder, augmented as ImageNet training is when `augment` (SPEC §5)."""
+    """One split of an image folder, augmented as ImageNet training is when `augment` (Wang et al., 2024)."""
     if root is None:
         raise ValueError(f"the imagefolder dataset needs a root folder laid out as {LAYOUT}")
     if download:

@@ -1,4 +1,4 @@
-"""The image transforms of each data protocol (SPEC §3 for CIFAR, §5 for ImageNet-style folders).
+"""The image transforms of each data protocol (Wang et al., 2024: CIFAR, and ImageNet-style folders).
 
 CIFAR and digits are augmented as tensors (they live in memory as tensors); image folders are
 augmented as PIL images, straight from the decoder, as torchvision's reference recipes do.
@@ -34,7 +34,7 @@ def shift_transform(image_size: int, padding: int, fill: float) -> Callable:
 
 
 def imagenet_transform(augment: bool, image_size: int) -> Callable:
-    """PIL RGB image -> normalised float32 (3, S, S), the ImageNet recipe of SPEC §5 scaled to S."""
+    """PIL RGB image -> normalised float32 (3, S, S), the ImageNet recipe of Wang et al., 2024 scaled to S."""
     if augment:
         steps: list[Callable] = [
             T.RandomResizedCrop(image_size),

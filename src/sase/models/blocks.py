@@ -2,7 +2,7 @@
 
 `BasicBlock` and `Bottleneck` are torchvision's (same layers, names and initialisation) plus one
 submodule `attn = create_attention(attn_layer, planes * expansion)` after the last BatchNorm and
-before the residual addition, exactly where an SE block sits (SPEC §2). With no attention `attn` is
+before the residual addition, exactly where an SE block sits (Wang et al., 2024). With no attention `attn` is
 an `nn.Identity`: no parameters, no state_dict keys, so torchvision checkpoints load unchanged.
 """
 from __future__ import annotations

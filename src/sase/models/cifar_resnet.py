@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20/56/110 (He et al., CVPR 2016, §4.2), the SASE search's proxy network (SPEC §3).
+"""CIFAR ResNet-20/56/110 (He et al., CVPR 2016, §4.2), the SASE search's proxy network (Wang et al., 2024).
 
 A 3x3 stem of 16 channels, three stages of n BasicBlocks with widths 16/32/64 (stride 2 at stages 2
 and 3, through a 1x1 conv + BN projection shortcut), global average pooling and a linear classifier;

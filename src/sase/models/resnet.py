@@ -3,7 +3,7 @@
 He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; the Bottleneck is torchvision's
 v1.5 (stride on the 3x3 conv). Module names, shapes and initialisation are torchvision's, so with
 `attention="none"` a torchvision state_dict loads strictly and gives the same outputs; with any other
-attention the backbone keys are unchanged and each block gains `attn.*` keys (SPEC §5).
+attention the backbone keys are unchanged and each block gains `attn.*` keys (Wang et al., 2024).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The architect: one α step of DARTS' bi-level optimisation (SPEC §3), first or second order.
+"""The architect: one α step of DARTS' bi-level optimisation (Wang et al., 2024), first or second order.
 
 Second order follows DARTS (Liu et al., ICLR 2019): a virtual step
     w' = w - ξ (∇w L_train(w, α) + momentum * buffer + weight_decay * w)
@@ -30,7 +30,7 @@ ORDERS: dict[str, Order] = {"1": 1, "2": 2, "exact": "exact"}
 
 
 class Architect:
-    """Updates α of a `Supernet` with Adam (SPEC §3 settings) or EdgeAdam on the validation loss."""
+    """Updates α of a `Supernet` with Adam (the SASE paper's settings) or EdgeAdam on the validation loss."""
 
     def __init__(
         self,
@@ -50,11 +50,11 @@ class Architect:
         if beta_decay < 0:
             raise ValueError(f"beta_decay must be >= 0, got {beta_decay}")
         self.model, self.w_optimizer, self.order, self.loss_fn = model, w_optimizer, order, loss_fn
-        self.fd_scale = fd_scale  # ε = fd_scale / ‖v‖ (SPEC §3: 0.01)
+        self.fd_scale = fd_scale  # ε = fd_scale / ‖v‖ (Wang et al., 2024: 0.01)
         self.beta_decay = beta_decay  # λ of Beta-Decay
         # the weight of L_β in use: λ unless the search loop ramps it (`regularizers.beta_decay_weight`)
         self.beta_weight = beta_decay
-        # "adam": SPEC §3; "edge_adam": one second moment per edge (see sase.search.optim)
+        # "adam": Wang et al., 2024; "edge_adam": one second moment per edge (see sase.search.optim)
         self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay)
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:

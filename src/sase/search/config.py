@@ -1,4 +1,4 @@
-"""Search settings: a dataclass whose defaults are the quick offline run, with SPEC §3's as a preset."""
+"""Search settings: a dataclass whose defaults are the quick offline run, with the SASE paper's (Wang et al., 2024) as a preset."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ from ..utils.config import SEEDS, Range, RunConfig
 from .optim import ARCH_OPTIMIZERS
 from .verdict import DECIDED_MARGIN
 
-# SPEC §3: Adam at lr 3e-4 for 100 epochs of 195 α steps (25,000 CIFAR-10 images in batches of 128). Adam moves
+# Wang et al., 2024: Adam at lr 3e-4 for 100 epochs of 195 α steps (25,000 CIFAR-10 images in batches of 128). Adam moves
 # each coordinate by about lr per step whatever the gradient's scale, so this is how far α may travel in the
 # paper's search; a shorter run gets the same travel with a proportionally larger lr.
 REFERENCE_ARCH_LR = 3e-4
@@ -47,15 +47,15 @@ class SearchConfig(RunConfig):
     batch_size: int = 64
     train_portion: float = 0.5  # share of the training set that fits w; the rest fits α
     seed: int = 0
-    # weights: SGD with cosine schedule (SPEC §3)
+    # weights: SGD with cosine schedule (Wang et al., 2024)
     lr: float = 0.025
     lr_min: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
     grad_clip: float = 5.0  # max gradient norm of the weights; 0 disables
-    # α: Adam (SPEC §3: lr 3e-4 over the paper's 19,500 α steps)
+    # α: Adam (Wang et al., 2024: lr 3e-4 over the paper's 19,500 α steps)
     arch_lr: float | None = None  # None: matched to the run's α steps (see budget_arch_lr); the paper preset: 3e-4
-    arch_optimizer: str = "edge_adam"  # adam (SPEC §3) | edge_adam: one second moment per edge (sase.search.optim)
+    arch_optimizer: str = "edge_adam"  # adam (Wang et al., 2024) | edge_adam: one second moment per edge (sase.search.optim)
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     arch_weight_decay: float = 1e-3
@@ -91,7 +91,7 @@ class SearchConfig(RunConfig):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC §3: the proxy task of the paper (CIFAR-10, ResNet-20, batch 128, 100 epochs, second order)
+    # Wang et al., 2024: the proxy task of the paper (CIFAR-10, ResNet-20, batch 128, 100 epochs, second order)
     "paper": dict(dataset="cifar10", backbone="resnet20", order="2", epochs=100, batch_size=128,
                   train_portion=0.5, lr=0.025, lr_min=1e-4, momentum=0.9, weight_decay=5e-4, grad_clip=5.0,
                   arch_lr=REFERENCE_ARCH_LR, arch_optimizer="adam", arch_beta1=0.5, arch_beta2=0.999, arch_weight_decay=1e-3, checkpoint_every=100),

@@ -55,7 +55,7 @@ class EdgeAdam(torch.optim.Optimizer):
 
 def arch_optimizer(name: str, params: Iterable[Tensor], lr: float, betas: tuple[float, float],
                    weight_decay: float) -> torch.optim.Optimizer:
-    """The α optimiser by name: "adam" (DARTS, SPEC §3) or "edge_adam"."""
+    """The α optimiser by name: "adam" (DARTS, Wang et al., 2024) or "edge_adam"."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "edge_adam":

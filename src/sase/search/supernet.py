@@ -2,7 +2,7 @@
 
 Mixed ops are built through the same hook and the same `Cell` wiring as the fixed block; only what
 sits on an edge differs. The architecture parameters α (groups, 6 edges, 7 candidates) live on the
-`Supernet` itself, registered apart from the weights: one group shared by every cell (SPEC §3), or
+`Supernet` itself, registered apart from the weights: one group shared by every cell (Wang et al., 2024), or
 with `per_stage=True` one group per stage, a stage being every block of one width.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Supernet(nn.Module):
         group = self._groups.setdefault(channels, len(self._groups))
         group = group if self.per_stage else 0
         edges = [MixedOp(e.op_set, channels, self._edge_weights, group, i) for i, e in enumerate(EDGES)]
-        # (SPEC §2) the merge BatchNorm is not affine while searching
+        # (Wang et al., 2024) the merge BatchNorm is not affine while searching
         return Cell(edges, affine=False).to(device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:

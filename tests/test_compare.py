@@ -274,6 +274,12 @@ def test_random_baseline_end_to_end(tmp_path, capsys):
     before = mtimes(copy)
     assert main([*args[:-2], "--out", str(copy)]) == 0
     assert "training in" not in capsys.readouterr().out and mtimes(copy) == before
+    # moved: the recorded paths are gone, and each run's own record of its genotype stands for them
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    before = mtimes(moved)
+    assert main([*args[:-2], "--out", str(moved)]) == 0
+    assert "training in" not in capsys.readouterr().out and mtimes(moved) == before
 
 
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):

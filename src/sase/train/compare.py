@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..attention import ATTENTIONS
 from ..genotype import Genotype, random_genotypes
 from ..search.verdict import VERDICT, read_verdict
+from ..stage_genotypes import genotype_or_stages
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, load_model, resolve_genotype
 from .loop import SUMMARY, run_train
@@ -177,12 +178,26 @@ def train_cell(config: TrainConfig, progress: bool) -> dict[str, Any]:
     """The summary of the run `config` describes: read when finished, else trained or resumed."""
     folder = Path(config.out)
     if (folder / SUMMARY).exists():
-        saved = TrainConfig.load(folder / "config.json")
-        if saved.recipe() != config.recipe():
+        saved, summary = TrainConfig.load(folder / "config.json"), json.loads((folder / SUMMARY).read_text())
+        if not _same_run(saved, config, summary):
             raise ValueError(f"{folder} holds a run with other settings than this comparison; use another --out")
-        return json.loads((folder / SUMMARY).read_text())
+        return summary
     run_train(config, resume=(folder / CHECKPOINT).exists(), progress=progress)
     return json.loads((folder / SUMMARY).read_text())
+
+
+def _same_run(saved: TrainConfig, config: TrainConfig, summary: dict[str, Any]) -> bool:
+    """Whether a finished run is the cell `config` describes. A genotype file its config names by a path
+    that no longer resolves (the folder moved, or a relative path from another directory) is matched by
+    the genotype the run itself recorded in its model spec."""
+    mine, theirs = config.recipe(), saved.recipe()
+    if mine == theirs:
+        return True
+    if {**mine, "attention": None} != {**theirs, "attention": None}:
+        return False
+    wanted = resolve_genotype(config.attention)
+    recorded = summary.get("model_spec", {}).get("genotype")
+    return wanted is not None and recorded is not None and genotype_or_stages(recorded) == wanted
 
 
 def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,

@@ -11,9 +11,9 @@ from sase.search.hessian import alpha_hvp, dominant_eigenvalue
 from test_search import TinyNet
 
 
-def problem(seed: int = 1):
-    """A tiny float64 supernet; at seed 1 its α Hessian's two largest |eigenvalues| differ fivefold,
-    so power iteration settles within a few products."""
+def problem(seed: int = 2):
+    """A tiny float64 supernet; at seed 2 its α Hessian's two largest |eigenvalues| differ 1.8-fold
+    (the largest positive), so 60 power iterations settle far below the tests' tolerance."""
     torch.manual_seed(seed)
     model = Supernet(TinyNet, num_classes=3).double()
     with torch.no_grad():
@@ -73,7 +73,7 @@ def test_dominant_eigenvalue_matches_the_full_hessian(reference, sign):
     expected = largest_magnitude(sign * hessian)
     found = dominant_eigenvalue(model, batches, iters=60, tol=1e-10, loss_fn=loss_fn)
     assert found == pytest.approx(expected, rel=1e-6)
-    assert (found < 0) == (sign == -1)
+    assert (found < 0) == (expected < 0) and (expected < 0) == (sign == -1)  # the largest magnitude, sign kept
 
 
 def test_few_iterations_still_give_a_rayleigh_quotient_within_the_spectrum(reference):

@@ -26,7 +26,7 @@ FLAGS = {
     "model": "backbone (ResNet, He et al., 2016): resnet20 | resnet56 | resnet110 (CIFAR style) | resnet18 | "
              "resnet34 | resnet50 | resnet101",
     "attention": "none | se | eca | cbam | srm | gct | fca | gsop | simam | sase | paper | PATH/TO/genotype.json",
-    "dataset": "dataset: digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
+    "dataset": "dataset: digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
     "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
     "epochs": "training epochs",
     "batch_size": "batch size",

@@ -36,7 +36,7 @@ class SearchConfig(RunConfig):
         "checkpoint_every": Range(1), "workers": Range(0),
     }
 
-    dataset: str = "digits"  # digits (bundled, offline) | cifar10 | cifar100 | imagefolder
+    dataset: str = "digits"  # digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder
     data: str | None = None  # dataset root; not needed for digits
     download: bool = False  # fetch CIFAR when it is not on disk (needs internet)
     image_size: int | None = None  # None: the dataset's own size

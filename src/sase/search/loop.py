@@ -264,18 +264,7 @@ class Search:
         return len(read_csv(self.out / "history.csv"))
 
     def _load(self) -> None:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {path} does not exist (a search stopped before its first "
-                                    "checkpoint starts again without --resume)")
-        state = load_checkpoint(path)
-        try:
-            differ = self.config.resume_conflicts(SearchConfig.from_dict(state["config"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a sase search checkpoint ({err})") from None
-        if differ:
-            raise ValueError(f"{self.out} was searched with other settings ({', '.join(differ)}); resume with the "
-                             f"saved config ({self.out / 'config.json'}) or start a new --out")
+        state = self.config.resume_state(CHECKPOINT)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -42,7 +42,7 @@ class TrainConfig(RunConfig):
 
     model: str = "resnet20"  # a sase.models name: resnet20/56/110 (CIFAR style), resnet18/34/50/101 (ImageNet)
     attention: str = "paper"  # a zoo name (none, se, eca, cbam, ...), a genotype preset, or a genotype JSON path
-    dataset: str = "digits"  # digits (bundled, offline) | cifar10 | cifar100 | imagefolder
+    dataset: str = "digits"  # digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder
     data: str | None = None  # dataset root; not needed for digits
     download: bool = False  # fetch CIFAR when it is not on disk (needs internet)
     image_size: int | None = None  # None: the dataset's own size (digits 16, CIFAR 32, folders 224)

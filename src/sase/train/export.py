@@ -129,7 +129,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     else:
         saved = load_checkpoint(path)  # weights_only=True
         if "model_spec" not in saved:
-            raise ValueError(f"{path}: not a sase train checkpoint (it has no model spec)")
+            raise ValueError(f"{path}: not a sase training checkpoint (it has no model spec)")
         spec, state = ModelSpec.from_dict(saved["model_spec"]), saved["model"]
     model = spec.build()
     model.load_state_dict(state)

@@ -70,7 +70,7 @@ class Trainer:
         if not resume and (self.out / CHECKPOINT).exists():  # before the data: scanning ImageNet takes a while
             raise FileExistsError(f"{self.out} already holds a training run; resume it with --resume or pick "
                                   "another --out")
-        saved = self._read_checkpoint() if resume else None
+        saved = self.config.resume_state(CHECKPOINT) if resume else None
         self.train_set, data = build_dataset(config.dataset, config.data, train=True, augment=True,
                                              image_size=config.image_size, download=config.download)
         val_set, _ = build_dataset(config.dataset, config.data, train=False, image_size=config.image_size,
@@ -215,21 +215,6 @@ class Trainer:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": rng_state(), "history_rows": self.log.rows(),
         }, self.out / CHECKPOINT)
-
-    def _read_checkpoint(self) -> dict[str, Any]:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {path} does not exist (a run stopped before its first "
-                                    "checkpoint starts again without --resume)")
-        saved = load_checkpoint(path)
-        try:
-            differ = self.config.resume_conflicts(TrainConfig.from_dict(saved["config"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a sase train checkpoint ({err})") from None
-        if differ:
-            raise ValueError(f"{self.out} was trained with other settings ({', '.join(differ)}); resume with the "
-                             f"saved config ({self.out / 'config.json'}) or start a new --out")
-        return saved
 
     def _restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])

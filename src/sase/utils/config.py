@@ -161,6 +161,25 @@ class RunConfig:
         return (f"{flag}: {out} was started with {name}={old!r}; a resumed run keeps its recipe (it may raise "
                 f"{grow} and change {change}); drop the flag, or start a new --out")
 
+    def resume_state(self, checkpoint: str = "checkpoint.pt") -> dict[str, Any]:
+        """The checkpoint in `out` that a resume of this config continues; a one-line error when it is missing,
+        is not a checkpoint of this kind of run, or was written with another recipe."""
+        from .checkpoint import load_checkpoint  # torch: loaded only by the runs, not by reading settings
+
+        path = Path(self.out) / checkpoint
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist (a {self.KIND} run stopped before its "
+                                    "first checkpoint starts again without --resume)")
+        state = load_checkpoint(path)
+        try:
+            differ = self.resume_conflicts(type(self).from_dict(state["config"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a sase {self.KIND} checkpoint ({err})") from None
+        if differ:
+            raise ValueError(f"{self.out} holds a {self.KIND} run with other settings ({', '.join(differ)}); resume with "
+                             f"the saved config ({Path(self.out) / CONFIG}) or start a new --out")
+        return state
+
     def resume_conflicts(self, saved: RunConfig) -> list[str]:
         """The settings that keep this config from continuing the run `saved` describes (none: it may)."""
         mine, theirs = self.recipe(), saved.recipe()

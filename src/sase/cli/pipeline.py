@@ -1,7 +1,7 @@
 """`sase pipeline`: search an attention block, then compare it with known blocks and random ones, with statistics.
 
 With no arguments it runs offline on the bundled cluttered digits (one digit among pieces of others on
-a 16x16 canvas, where a block has clutter to suppress) in about 15-20 minutes on two CPU cores:
+a 16x16 canvas, where a block has clutter to suppress) in about 20-30 minutes on two CPU cores:
 a first-order search (ResNet-20 supernet) into OUT/search, its verdict (decided or not), then
 `sase compare` of the found block (`found`, or `found (undecided)`) against the published block, SE,
 CBAM, ECA, no attention and two random genotypes over three seeds, with 95% confidence intervals and
@@ -21,13 +21,13 @@ from ..train.compare import markdown_table, parse_entries, run_compare
 from ..utils.folders import check_out
 from .compare import parse_seeds
 
-# The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 15-20 min on 2 CPU cores.
+# The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 20-30 min on 2 CPU cores.
 DATASET = "cluttered-digits"
 IMAGE_SIZE = 16  # canvas side: 16x16 costs a quarter of the dataset's own 32x32 per image
 EPOCHS = 2  # training epochs of each compared run (6,000 images each)
 WARMUP_EPOCHS = 0.2  # a short warm-up: a whole epoch would be half of the run
 SEEDS = "0,1,2"
-SEARCH = dict(order="1", epochs=3, steps_per_epoch=30)  # 90 first-order α steps: about a minute
+SEARCH = dict(order="1", epochs=3, steps_per_epoch=30)  # 90 first-order α steps: about 5 min
 BASELINES = ("paper", "se", "cbam", "eca", "none", "random:2")
 
 

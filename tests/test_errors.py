@@ -105,6 +105,8 @@ CASES: dict[str, tuple[list[str], Setup | None, list[str]]] = {
     "train --device nosuch": (["train", *TRAIN, "--device", "nosuch", "--out", "{tmp}/r"], None,
                               ["device", "'nosuch'", "cuda:N"]),
     "eval --device nosuch": (["eval", "{run}", "--device", "nosuch"], None, ["--device", "'nosuch'", "cuda:N"]),
+    "search --device nosuch": (["search", *SEARCH, "--device", "nosuch", "--out", "{tmp}/r"], None,
+                               ["device", "'nosuch'", "cuda:N"]),
     "search --backbone timm/nosuch": (["search", *SEARCH, "--backbone", "timm/nosuch", "--out", "{tmp}/r"], None,
                                       ["'timm/nosuch'", "timm has no model 'nosuch'"]),
     "demo --batch-size 0": (["demo", "--batch-size", "0"], None, ["--batch-size", "at least 1", "got 0"]),

@@ -193,3 +193,20 @@ def test_paper_preset_is_the_spec_settings():
     assert (paper.lr, paper.lr_min, paper.momentum, paper.weight_decay, paper.grad_clip) == \
         (0.025, 1e-4, 0.9, 5e-4, 5.0)
     assert (paper.arch_lr, paper.arch_beta1, paper.arch_beta2, paper.arch_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_search_on_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, capsys):
+    assert main(["search", *CLI_TINY, "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sase search: error: device 'cuda' asked for, but torch sees no CUDA device; use --device cpu"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_search_device_is_saved_and_may_change_on_resume(tmp_path):
+    out = tmp_path / "r"
+    assert main(["search", *CLI_TINY, "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    # the device changes where the run computes, not what: a resume may take another one
+    assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--device", "auto", "--quiet"]) == 0
+    assert [r["epoch"] for r in csv.DictReader((out / "history.csv").open())] == ["1", "2", "3"]

@@ -10,7 +10,7 @@ stability report to OUT: how often each edge's choice recurs, and the consensus 
 
 --resume continues the search in --out, wherever that folder was first written (a copied run folder
 resumes into the copy), with the settings saved in it. Flags given with --resume are applied when they
-cannot change the result (--workers, --checkpoint-every, --download), --epochs may grow (the weights'
+cannot change the result (--workers, --checkpoint-every, --download, --device), --epochs may grow (the weights'
 cosine is re-stretched over the new total; α keeps the learning rate it started with), and any other
 flag that differs from the saved search is refused.
 """
@@ -58,6 +58,7 @@ FLAGS = {
     "beta_decay": "λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables",
     "checkpoint_every": "steps between checkpoints within an epoch",
     "workers": "data loader worker processes",
+    "device": "auto (default: cuda when available, else cpu) | cpu | cuda | cuda:N",
     "out": "run folder (default: runs/search-<time>)",
 }
 

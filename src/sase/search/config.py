@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import check_backbone
-from ..utils.config import SEEDS, Range, RunConfig
+from ..utils.config import SEEDS, Range, RunConfig, device_error
 from .optim import ARCH_OPTIMIZERS
 from .verdict import DECIDED_MARGIN
 
@@ -23,7 +23,8 @@ class SearchConfig(RunConfig):
     """Everything a search run depends on; saved as config.json next to its outputs."""
 
     KIND = "search"
-    KNOBS = ("out", "workers", "checkpoint_every", "download")  # may differ on resume: they do not change the result
+    # may differ on resume: they do not change the result (a device changes only float rounding)
+    KNOBS = ("out", "workers", "checkpoint_every", "download", "device")
     RANGES = {
         "image_size": Range(1), "epochs": Range(1), "batch_size": Range(1),
         "train_portion": Range(0, 1, low_open=True, high_open=True), "seed": SEEDS,
@@ -67,6 +68,7 @@ class SearchConfig(RunConfig):
     track_hessian: bool = False  # dominant eigenvalue of the α Hessian of the validation loss, every epoch
     checkpoint_every: int = 20  # steps between checkpoints (one is also written at every epoch end)
     workers: int = 0  # DataLoader worker processes
+    device: str = "auto"  # auto: cuda when available, else cpu
     out: str = "runs/search"
 
     def __post_init__(self) -> None:
@@ -74,6 +76,9 @@ class SearchConfig(RunConfig):
         if self.order not in ("1", "2", "exact"):
             raise ValueError(f"order must be 1, 2 or exact, got {self.order!r}")
         check_backbone(self.backbone)
+        error = device_error(self.device)
+        if error:
+            raise ValueError(error)
         if self.arch_optimizer not in ARCH_OPTIMIZERS:
             raise ValueError(f"arch_optimizer must be one of {', '.join(ARCH_OPTIMIZERS)}, got {self.arch_optimizer!r}")
         if self.select not in SELECTIONS:

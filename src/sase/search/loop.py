@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_dataset
 from ..genotype import Genotype
+from ..train.recipe import resolve_device
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import append_csv, read_csv, truncate_csv
 from ..utils.folders import check_out, make_out
@@ -76,7 +77,9 @@ class Search:
         self.eval_set, _ = build_dataset(config.dataset, config.data, train=True, augment=False,
                                          image_size=config.image_size)
         self.fit_idx, self.val_idx = split_indices(len(self.train_set), config.train_portion, config.seed)
-        self.model = Supernet(config.backbone, num_classes=self.spec.num_classes, per_stage=config.per_stage)
+        self.device = resolve_device(config.device)
+        self.model = Supernet(config.backbone, num_classes=self.spec.num_classes,
+                              per_stage=config.per_stage).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
@@ -99,6 +102,10 @@ class Search:
         loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
                             num_workers=self.config.workers, persistent_workers=self.config.workers > 0)
         return sampler, loader
+
+    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def steps_per_epoch(self) -> int:
         steps = min(self.fit_batches[0].batches(), self.val_batches[0].batches())
@@ -124,7 +131,7 @@ class Search:
                    disable=not self.progress, leave=False)
         search_alpha = epoch >= self.config.warmup_epochs
         while self.step < steps:
-            train_batch, val_batch = next(fit_iter), next(val_iter)
+            train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
             if search_alpha:
                 val_loss = self.architect.step(train_batch, val_batch, xi=self.scheduler.get_last_lr()[0])
                 self._check_finite(val_loss, "validation", epoch)
@@ -160,7 +167,7 @@ class Search:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
         self.model.eval()
         loss = correct = seen = 0
-        for x, y in self._eval_loader():
+        for x, y in map(self._to_device, self._eval_loader()):
             logits = self.model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
@@ -225,12 +232,12 @@ class Search:
 
     def _selection_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The whole α half, unaugmented: every candidate removal is scored on the same images."""
-        return list(self._eval_loader())
+        return [self._to_device(b) for b in self._eval_loader()]
 
     def _hessian_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed slice of the α half (the same images every epoch), so the eigenvalues are comparable."""
         loader = DataLoader(Subset(self.eval_set, self.val_idx[:HESSIAN_IMAGES]), batch_size=self.config.batch_size)
-        return list(loader)
+        return [self._to_device(b) for b in loader]
 
     def _write_genotypes(self, genotypes: list[Genotype] | None = None) -> None:
         genotypes = self.model.genotypes() if genotypes is None else genotypes

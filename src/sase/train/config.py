@@ -6,23 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..models import MODELS
-from ..utils.config import SEEDS, Range, RunConfig
+from ..utils.config import SEEDS, Range, RunConfig, device_error
 
 AMP_MODES = ("bf16", "fp16")
-
-
-def device_error(name: str) -> str | None:
-    """None for a device string torch can parse (or "auto"), else the one-line complaint."""
-    if name == "auto":
-        return None
-    try:
-        torch.device(name)
-    except RuntimeError:
-        return f"device must be auto, cpu, cuda or cuda:N, got {name!r}"
-    return None
 
 
 @dataclass(frozen=True)

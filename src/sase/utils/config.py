@@ -21,6 +21,19 @@ C = TypeVar("C", bound="RunConfig")
 CONFIG = "config.json"
 
 
+def device_error(name: str) -> str | None:
+    """None for a device string torch can parse (or "auto"), else the one-line complaint."""
+    if name == "auto":
+        return None
+    import torch  # settings are read without loading torch; a device name is checked by it
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return f"device must be auto, cpu, cuda or cuda:N, got {name!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class Range:
     """The valid interval of a numeric setting; `high` may name another setting (lr_min <= lr)."""

@@ -62,3 +62,20 @@ def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 1) -> None
         for c in classes:
             for i in range(per_class):
                 write_image(root / split / c / f"{i}.png", seed=i)
+
+
+def interrupt_after(trainer, steps: int) -> None:
+    """Run `trainer` and stop it with KeyboardInterrupt (as Ctrl-C would) when it starts step `steps` + 1."""
+    import pytest
+
+    original, calls = trainer._train_step, {"n": 0}
+
+    def step(x, y, epoch):
+        if calls["n"] == steps:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(x, y, epoch)
+
+    trainer._train_step = step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()

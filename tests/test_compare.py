@@ -19,6 +19,7 @@ from sase.train import TrainConfig, Trainer, run_train
 from sase.train.compare import (UNDECIDED_NOTE, Entry, Row, markdown_table, parse_entries, random_entries, run_compare,
                                 search_verdict, shown_label, write_report)
 from sase.utils.checkpoint import load_checkpoint
+from helpers import interrupt_after
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--steps-per-epoch", "3", "--image-size", "8", "--quiet"]
 TINY_CONFIG = TrainConfig(epochs=2, batch_size=16, steps_per_epoch=3, image_size=8, checkpoint_every=1)
@@ -108,17 +109,7 @@ def test_an_unfinished_cell_is_resumed_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "cmp"
     cell = replace(TINY_CONFIG, attention="eca", seed=0, out=str(out / "cells" / "eca-seed0"))
     trainer = Trainer(cell, progress=False)
-    original, calls = trainer._train_step, {"n": 0}
-
-    def stop(x, y, epoch):
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(x, y, epoch)
-
-    trainer._train_step = stop  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    interrupt_after(trainer, 4)
     run_compare(TINY_CONFIG, parse_entries("eca"), [0], out, progress=False)
     whole = run_train(replace(cell, out=str(tmp_path / "whole")), progress=False)
     resumed, reference = (load_checkpoint(p / "checkpoint.pt")["model"] for p in (Path(cell.out), whole.out))

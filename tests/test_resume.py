@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_folder
+from helpers import interrupt_after, write_folder
 from sase.cli import main
 from sase.search import SearchConfig
 from sase.train import TrainConfig, Trainer, run_train
@@ -53,18 +53,7 @@ def test_a_moved_run_resumes_in_its_new_folder(tmp_path):
     """Cut mid-epoch, moved elsewhere, resumed there: the same end as an uninterrupted run, nothing at the old path."""
     run_train(replace(TINY, out=str(tmp_path / "whole")), progress=False)
     trainer = Trainer(replace(TINY, out=str(tmp_path / "first")), progress=False)
-    calls = {"n": 0}
-    original = trainer._train_step
-
-    def stop_in_epoch_two(x, y, epoch):
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(x, y, epoch)
-
-    trainer._train_step = stop_in_epoch_two  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    interrupt_after(trainer, 4)
     shutil.move(tmp_path / "first", tmp_path / "moved")
 
     assert main(["train", "--out", str(tmp_path / "moved"), "--resume", "--quiet"]) == 0

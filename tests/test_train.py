@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from helpers import write_cifar, write_folder, write_image
+from helpers import interrupt_after, write_cifar, write_folder, write_image
 from sase import Genotype
 from sase.cli import main
 from sase.train import TrainConfig, Trainer, TrainingDiverged, count_flops, load_model, run_train
@@ -139,18 +139,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, amp):
 
     config = replace(TINY, amp=amp, out=str(tmp_path / "cut"))
     trainer = Trainer(config, progress=False)
-    calls = {"n": 0}
-    original = trainer._train_step
-
-    def stop_in_epoch_two(x, y, epoch):
-        if calls["n"] == 4:  # epoch 2, step 2: after the checkpoint of step 1
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(x, y, epoch)
-
-    trainer._train_step = stop_in_epoch_two  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    interrupt_after(trainer, 4)  # epoch 2, step 2: after the checkpoint of step 1
     saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (saved["epoch"], saved["step"]) == (1, 1) and not (tmp_path / "cut" / "summary.json").exists()
     assert (saved["scaler"] is None) == (amp is None)

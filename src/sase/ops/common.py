@@ -19,7 +19,7 @@ Axis = Literal["hw", "c"]
 
 
 @functools.cache
-def _adaptive_bins(n_in: int, n_out: int) -> Tensor:
+def _adaptive_bins(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(n_out, n_in): row i averages the input cells of adaptive pooling's bin i.
 
     Bin i spans [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), as in `F.adaptive_avg_pool2d`.
@@ -28,7 +28,7 @@ def _adaptive_bins(n_in: int, n_out: int) -> Tensor:
     for i in range(n_out):
         start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
         a[i, start:end] = 1.0 / (end - start)
-    return a
+    return a.to(device, dtype)  # built once per size, dtype and device, not converted on every call
 
 
 def adaptive_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -37,8 +37,8 @@ def adaptive_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     The same values (each output cell the mean of its bin), 2-5x faster forward and backward on CPU
     for the 8x8 grid of `cov` in either direction, with a backward that is one matrix product too.
     """
-    rows = _adaptive_bins(x.shape[-2], size[0]).to(x.device, x.dtype)
-    cols = _adaptive_bins(x.shape[-1], size[1]).to(x.device, x.dtype)
+    rows = _adaptive_bins(x.shape[-2], size[0], x.dtype, x.device)
+    cols = _adaptive_bins(x.shape[-1], size[1], x.dtype, x.device)
     return torch.matmul(torch.matmul(rows, x), cols.t())
 
 

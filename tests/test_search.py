@@ -1,6 +1,8 @@
 """The supernet and the architect: α bookkeeping, hypergradients, the virtual step."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,36 @@ def test_per_stage_alpha_has_one_group_per_width():
     assert len(model.genotypes()) == 3
 
 
+def test_a_forward_is_a_pure_function_of_parameters_and_input():
+    """functional_call with another α gives what a supernet holding that α gives: no hidden edge weights."""
+    model, (x, _) = tiny(dtype=torch.float64), batches(torch.float64)[0]
+    other = torch.randn_like(model.alpha)
+    model.eval()
+    swapped = torch.func.functional_call(model, {"alpha": other}, (x,))
+    with torch.no_grad():
+        model.alpha.copy_(other)
+    torch.testing.assert_close(swapped, model(x))
+    # and α's gradient flows through the swapped tensor, not the module's own
+    other.requires_grad_()
+    torch.func.functional_call(model, {"alpha": other}, (x,)).sum().backward()
+    assert other.grad is not None and other.grad.abs().sum() > 0 and model.alpha.grad is None
+
+
+@pytest.mark.parametrize("convert", [lambda m: m.to(torch.float64), copy.deepcopy], ids=["to", "deepcopy"])
+def test_alpha_is_one_tensor_tied_into_every_mixed_op(convert):
+    model = convert(tiny())
+    ops = [m for m in model.modules() if isinstance(m, MixedOp)]
+    assert len(ops) == 9 * len(EDGES) and all(m.alpha is model.alpha for m in ops)
+    assert [n for n, _ in model.named_parameters() if n.endswith("alpha")] == ["alpha"]
+    state = model.state_dict()
+    assert [k for k in state if k.endswith("alpha")] == ["alpha"]
+    # a strict load of that state dict sets the one α every mixed op reads
+    fresh = tiny(seed=1).to(model.alpha.dtype)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.alpha, model.alpha)
+    assert all(m.alpha is fresh.alpha for m in fresh.modules() if isinstance(m, MixedOp))
+
+
 def test_derived_genotype_is_the_per_edge_argmax():
     model = tiny()
     with torch.no_grad():
@@ -73,8 +105,7 @@ def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates():
         model.alpha.normal_()
     op = next(m for m in model.modules() if isinstance(m, MixedOp) and m.edge == 5)
     x = torch.randn(2, 1, 5, 5)
-    model._edge_weights.value = F.softmax(model.alpha, -1)
-    w = model._edge_weights.value[0, 5]
+    w = torch.exp(model.alpha[0, 5]) / torch.exp(model.alpha[0, 5]).sum()
     torch.testing.assert_close(op(x), sum(wi * o(x) for wi, o in zip(w, op.ops)))
 
 

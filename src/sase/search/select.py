@@ -35,7 +35,7 @@ from ..cell import EDGES
 from ..genotype import Genotype
 from ..ops import OPS
 from .hessian import module_mode
-from .supernet import Supernet
+from .supernet import Supernet, edge_weights_mode
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -121,21 +121,15 @@ def _evaluate(model: Supernet, edge_weights: Tensor, batches: Sequence[Batch], b
     """(accuracy, mean loss) over every sample of `batches`, the mixed ops weighted by `edge_weights`."""
     correct, total_loss, seen = 0, 0.0, 0
     device = model.alpha.device
-    # the supernet's forward would write softmax(α) into its edge weights; these are set directly
-    model._edge_weights.value = edge_weights
-    try:
+    with edge_weights_mode(model):  # the mixed ops take `edge_weights` as they stand, not their softmax
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            if batch_statistics:  # running statistics go to copies, as in the architect
-                buffers = {n: b.clone() for n, b in model.net.named_buffers()}
-                logits = functional_call(model.net, buffers, (x,))
-            else:
-                logits = model.net(x)
+            # running statistics, when batch statistics are used, go to copies, as in the architect
+            buffers = {n: b.clone() for n, b in model.named_buffers()} if batch_statistics else {}
+            logits = functional_call(model, ({"alpha": edge_weights}, buffers), (x,))
             correct += int((logits.argmax(1) == y).sum())
             total_loss += float(loss_fn(logits, y)) * len(y)
             seen += len(y)
-    finally:
-        model._edge_weights.value = None
     return correct / seen, total_loss / seen
 
 

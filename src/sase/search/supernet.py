@@ -4,10 +4,17 @@ Mixed ops are built through the same hook and the same `Cell` wiring as the fixe
 sits on an edge differs. The architecture parameters α (groups, 6 edges, 7 candidates) live on the
 `Supernet` itself, registered apart from the weights: one group shared by every cell (Wang et al., 2024), or
 with `per_stage=True` one group per stage, a stage being every block of one width.
+
+A forward is a pure function of the parameters and the input: every mixed op holds the supernet's α
+itself (the same Parameter, tied) and works out its own softmax. Nothing is handed from the
+supernet's forward to the mixed ops through shared state, so `torch.func.functional_call` with
+another α, DistributedDataParallel, DataParallel's replicas and `torch.compile` all see α like any
+weight. A state dict holds α once, under "alpha".
 """
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import timm
@@ -27,24 +34,28 @@ assert all(len(r) == NUM_CANDIDATES for r in OPS.values()), "α is a dense (edge
 BackboneBuilder = Callable[..., nn.Module]
 
 
-class EdgeWeights:
-    """softmax(α), worked out once per forward by the supernet and read by every mixed op."""
-
-    value: Tensor | None = None
-
-
 class MixedOp(nn.Module):
-    """softmax(α_edge)-weighted sum of every candidate of one operation set (DARTS' mixed op)."""
+    """softmax(α[group, edge])-weighted sum of every candidate of one operation set (DARTS' mixed op).
 
-    def __init__(self, op_set: str, channels: int, weights: EdgeWeights, group: int, edge: int) -> None:
+    `alpha` is the supernet's whole α (groups, 6, K), tied in by `Supernet`; the op reads its own row.
+    With `normalize=False` the row is used as the edge's weights as it stands (architecture selection
+    scores weights that no softmax gives, see `edge_weights_mode`).
+    """
+
+    alpha: nn.Parameter
+
+    def __init__(self, op_set: str, channels: int, group: int, edge: int) -> None:
         super().__init__()
         self.ops = nn.ModuleList(factory(channels) for factory in OPS[op_set].values())
-        self.weights, self.group, self.edge = weights, group, edge
+        self.group, self.edge = group, edge
+        self.normalize = True
+        self.register_parameter("alpha", None)  # the supernet ties its α in once the groups are known
 
     def forward(self, x: Tensor | Features) -> Tensor:
-        if self.weights.value is None:
-            raise RuntimeError("a mixed op runs inside a Supernet's forward, which sets its weights")
-        w = self.weights.value[self.group, self.edge]  # (K,)
+        if self.alpha is None:
+            raise RuntimeError("a mixed op runs inside a Supernet, which ties its α into every mixed op")
+        a = self.alpha[self.group, self.edge]  # (K,)
+        w = F.softmax(a, dim=-1) if self.normalize else a
         # squeeze candidates share one Features, so each statistic of x is computed once per edge
         outs = torch.stack([op(x) for op in self.ops])  # (K, B, C or 1, H or 1, W or 1)
         return torch.tensordot(w.to(outs.dtype), outs, dims=1)
@@ -67,27 +78,29 @@ class Supernet(nn.Module):
     ) -> None:
         super().__init__()
         self.per_stage = per_stage
-        self._edge_weights = EdgeWeights()
         self._groups: dict[int, int] = {}  # block width -> α group
         self.net = build_backbone(backbone, self._make_cell, num_classes, **backbone_kwargs)
         if not self._groups:
             raise ValueError(f"backbone {backbone!r} has no attention slot: nothing to search")
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(self._groups) if per_stage else 1, len(EDGES),
                                                      NUM_CANDIDATES))
+        for m in self.mixed_ops():
+            m.alpha = self.alpha  # tied: one Parameter, listed once by parameters() and named "alpha"
+        self.register_state_dict_post_hook(_drop_tied_alpha)
+        self.register_load_state_dict_pre_hook(_tie_loaded_alpha)
 
     def _make_cell(self, channels: int, device: Any = None, dtype: Any = None, **_: Any) -> Cell:
         group = self._groups.setdefault(channels, len(self._groups))
         group = group if self.per_stage else 0
-        edges = [MixedOp(e.op_set, channels, self._edge_weights, group, i) for i, e in enumerate(EDGES)]
+        edges = [MixedOp(e.op_set, channels, group, i) for i, e in enumerate(EDGES)]
         # (Wang et al., 2024) the merge BatchNorm is not affine while searching
         return Cell(edges, affine=False).to(device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._edge_weights.value = F.softmax(self.alpha, dim=-1)
-        try:
-            return self.net(x)
-        finally:
-            self._edge_weights.value = None  # no graph kept alive between forwards
+        return self.net(x)
+
+    def mixed_ops(self) -> Iterator[MixedOp]:
+        return (m for m in self.modules() if isinstance(m, MixedOp))
 
     # -- parameters, kept apart
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -112,6 +125,40 @@ class Supernet(nn.Module):
     def stage_widths(self) -> list[int]:
         """The block width each α group stands for (all widths in one group when α is shared)."""
         return list(self._groups)
+
+
+@contextmanager
+def edge_weights_mode(model: Supernet) -> Iterator[None]:
+    """Inside, the mixed ops take α as their edge weights as it stands, without the softmax.
+
+    `functional_call(model, {"alpha": weights}, ...)` then runs the supernet with any edge weights,
+    one-hot or with a candidate removed (`sase.search.select`).
+    """
+    ops = list(model.mixed_ops())
+    for m in ops:
+        m.normalize = False
+    try:
+        yield
+    finally:
+        for m in ops:
+            m.normalize = True
+
+
+def _tied_alpha_names(model: nn.Module, prefix: str) -> list[str]:
+    return [f"{prefix}{name}.alpha" for name, m in model.named_modules() if isinstance(m, MixedOp)]
+
+
+def _drop_tied_alpha(model: nn.Module, state: dict[str, Tensor], prefix: str, _: Any) -> None:
+    """α once in a state dict, as "alpha": the copies under every mixed op are the same tensor."""
+    for key in _tied_alpha_names(model, prefix):
+        state.pop(key, None)
+
+
+def _tie_loaded_alpha(model: nn.Module, state: dict[str, Tensor], prefix: str, *_: Any) -> None:
+    """Loading: every tied name gets the "alpha" entry, so a strict load finds each one."""
+    if prefix + "alpha" in state:
+        for key in _tied_alpha_names(model, prefix):
+            state[key] = state[prefix + "alpha"]
 
 
 def main_genotype(model: Supernet, genotypes: list[Genotype]) -> Genotype:

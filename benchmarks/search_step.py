@@ -30,17 +30,18 @@ from sase import create_model
 from sase.search import Architect, Supernet
 
 
-def make_step(kind: str, batch: int) -> Callable[[], None]:
+def make_step(kind: str, batch: int, device: str | torch.device = "cpu") -> Callable[[], None]:
     """One step of `kind` ('plain', '1', '2', 'exact') on fixed random batches."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    train = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
-    val = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    make = lambda: (torch.randn(batch, 3, 32, 32, generator=g).to(device),
+                    torch.randint(0, 10, (batch,), generator=g).to(device))
+    train, val = make(), make()
     if kind == "plain":
-        model = create_model("resnet20", num_classes=10)
+        model = create_model("resnet20", num_classes=10).to(device)
         params = list(model.parameters())
     else:
-        model = Supernet("resnet20", num_classes=10)
+        model = Supernet("resnet20", num_classes=10).to(device)
         params = model.weight_parameters()
     opt = torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=5e-4)
     architect = None if kind == "plain" else Architect(model, opt, order={"1": 1, "2": 2, "exact": "exact"}[kind])

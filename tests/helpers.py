@@ -70,11 +70,11 @@ def interrupt_after(trainer, steps: int) -> None:
 
     original, calls = trainer._train_step, {"n": 0}
 
-    def step(x, y, epoch):
+    def step(x, y):
         if calls["n"] == steps:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return original(x, y, epoch)
+        return original(x, y)
 
     trainer._train_step = step
     with pytest.raises(KeyboardInterrupt):

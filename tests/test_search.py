@@ -230,3 +230,24 @@ def test_bad_order_is_refused():
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(ValueError, match="resnet20"):
         Supernet("vgg16")
+
+
+@pytest.mark.parametrize("order", [1, 2, "exact"])
+def test_fp16_loss_scaling_gives_the_same_alpha_gradient(order):
+    """Every gradient is taken at the scaler's scale and divided back: a power of two, so exactly the same."""
+    model, opt, train, val = tiny_problem(seed=3)
+    plain, plain_loss = Architect(model, opt, order=order).alpha_gradient(train, val)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaled, loss = Architect(model, opt, order=order, scaler=scaler).alpha_gradient(train, val)
+    torch.testing.assert_close(scaled, plain, rtol=1e-12, atol=1e-15)
+    assert float(loss) == float(plain_loss)  # the loss reported is the unscaled one
+
+
+def test_an_overflowing_fp16_alpha_step_is_skipped():
+    model, opt, train, val = tiny_problem(seed=4)
+    before = model.alpha.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))  # the scaled gradients are not finite
+    Architect(model, opt, order=1, scaler=scaler).step(train, val)
+    assert torch.equal(model.alpha, before)
+    Architect(model, opt, order=1).step(train, val)  # without the overflow the same step moves α
+    assert not torch.equal(model.alpha, before)

@@ -210,3 +210,16 @@ def test_search_device_is_saved_and_may_change_on_resume(tmp_path):
     # the device changes where the run computes, not what: a resume may take another one
     assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--device", "auto", "--quiet"]) == 0
     assert [r["epoch"] for r in csv.DictReader((out / "history.csv").open())] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_search_runs_resumes_and_keeps_alpha_float32(tmp_path, amp):
+    out = tmp_path / amp
+    assert main(["search", *CLI_TINY, "--order", "1", "--amp", amp, "--device", "cpu", "--out", str(out)]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["model"]["alpha"].dtype == torch.float32 and torch.isfinite(state["model"]["alpha"]).all()
+    assert (state["scaler"] is not None) == (amp == "fp16")  # fp16's loss scale is part of the run's state
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert all(0 <= float(r["val_acc"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
+    assert json.loads((out / "config.json").read_text())["amp"] == amp
+    assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0

@@ -247,7 +247,7 @@ def test_logged_lr_follows_the_schedule(tmp_path):
 
 def test_correct_top_and_flops_by_hand():
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
-    assert correct_top(logits, torch.tensor([2, 0, 0]), (1, 2, 3)) == [1, 2, 3]
+    assert correct_top(logits, torch.tensor([2, 0, 0]), (1, 2, 3)).tolist() == [1, 2, 3]
     conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
     assert count_flops(conv, 5) == 2 * (3 * 9 * 4 * 25 + 100 * 2)  # 2 FLOPs per multiply-add
 

@@ -17,6 +17,7 @@ from ..train import TrainConfig, count_flops, count_parameters, evaluate, load_m
 from ..train.export import locate
 from ..train.plots import si
 from ..train.recipe import resolve_device
+from ..utils.config import AMP_MODES
 from .args import count, device, positive_int
 
 
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "model file)")
     p.add_argument("--image-size", type=positive_int, help="input size (default: the training size)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="evaluation batch size (default: 128)")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="evaluate under autocast (default: float32)")
+    p.add_argument("--amp", choices=AMP_MODES, help="evaluate under autocast (default: float32)")
     p.add_argument("--workers", type=count, default=0, help="data loader worker processes")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", help="JSON file for the results (default: eval_<dataset>.json beside the model file)")

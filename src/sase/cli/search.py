@@ -26,6 +26,7 @@ from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
 from ..search.config import SELECTIONS
 from ..search.optim import ARCH_OPTIMIZERS
+from ..utils.config import AMP_MODES
 from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -72,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         kind = int if "int" in str(types[name]) else float if "float" in str(types[name]) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text,
                        choices=choices.get(name))
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
+                   help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler for the weights' and "
+                        "α's gradients (default: float32; the attention cells run in float32 either way)")
     p.add_argument("--seeds", help="comma-separated seeds: one search per seed in OUT/seed-<k>, then a stability "
                    "report and the consensus genotype in OUT")
     p.add_argument("--per-stage", action="store_true", default=None, help="one α per stage instead of one shared")
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # several seeds resume each search that has a checkpoint, with or without --resume
         config = config_from_args(args)
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
-          f"{config.epochs} epochs, batch {config.batch_size} -> {config.out}")
+          f"{config.epochs} epochs, batch {config.batch_size}, {config.amp or 'float32'} -> {config.out}")
     try:
         if args.seeds is not None:
             return _run_seeds(config, parse_seeds(args.seeds), progress=not args.quiet)

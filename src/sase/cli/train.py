@@ -20,6 +20,7 @@ from typing import Any
 
 from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
 from ..train.plots import si
+from ..utils.config import AMP_MODES
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
@@ -54,7 +55,7 @@ def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         if name not in skip:
             kind = int if "int" in types[name] else float if "float" in types[name] else str
             p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
-    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (default: float32)")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")

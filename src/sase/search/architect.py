@@ -10,16 +10,24 @@ no second copy of the network, and the network's own weights and buffers are nev
 With `beta_decay` the α objective also holds weight · L_β(α), Beta-Decay (β-DARTS, Ye et al., CVPR
 2022; see `regularizers`). L_β depends on α alone, so its gradient is added to the hypergradient of
 any order; the loss an α step reports stays the plain validation loss.
+
+With `amp` the losses are computed under autocast (the attention cells themselves run in float32,
+see `sase.ops.features.no_autocast`). Under fp16 every gradient is taken of the loss times the
+gradient scaler's scale and divided back, so small half-precision gradients do not flush to zero; a
+step whose α gradient still overflows is skipped. α and its gradient are float32 throughout. No
+step reads a value back to the host except the overflow check under fp16.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+import contextlib
+from typing import Callable, ContextManager, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ..train.recipe import full_precision
 from .regularizers import beta_decay_loss
 from .optim import arch_optimizer
 from .supernet import Supernet
@@ -44,6 +52,8 @@ class Architect:
         fd_scale: float = 0.01,
         beta_decay: float = 0.0,
         optimizer: str = "adam",
+        autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
@@ -56,16 +66,23 @@ class Architect:
         self.beta_weight = beta_decay
         # "adam": Wang et al., 2024; "edge_adam": one second moment per edge (see sase.search.optim)
         self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay)
+        self.autocast, self.scaler = autocast, scaler  # mixed precision: the search's, see the module's doc
 
-    def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> float:
-        """One α step; returns the validation loss it measured. ξ defaults to the weights' current lr."""
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> Tensor | None:
+        """One α step; returns the validation loss it measured, None when fp16 overflowed and the step was skipped.
+
+        The loss is a tensor on the device: read it when you log, not per step. ξ defaults to the weights'
+        current lr.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         grad, loss = self.alpha_gradient(train_batch, val_batch, xi)
+        if self.scaler is not None and not bool(torch.isfinite(grad).all()):
+            return None  # as the weights' scaler skips their step; the scale is lowered by the weights' step
         self.model.alpha.grad = grad
         self.optimizer.step()
         return loss
 
-    def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, float]:
+    def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, Tensor]:
         """(∇α of the chosen order + beta_weight · ∇α L_β, validation loss), without stepping anything."""
         grad, loss = self.hypergradient(train_batch, val_batch, xi)
         if self.beta_weight:
@@ -73,28 +90,28 @@ class Architect:
             grad = grad + self.beta_weight * torch.autograd.grad(beta_decay_loss(alpha), alpha)[0]
         return grad, loss
 
-    def hypergradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, float]:
+    def hypergradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, Tensor]:
         """(∇α of the validation loss, of the chosen order, validation loss)."""
         xi = self.w_optimizer.param_groups[0]["lr"] if xi is None else xi
         weights = {n: p.detach() for n, p in self.model.named_weight_parameters()}
         alpha = self.model.alpha.detach().requires_grad_()
         if self.order == 1:
             loss = self.loss({**weights, "alpha": alpha}, val_batch)
-            return torch.autograd.grad(loss, alpha)[0], loss.item()
+            return self.grad(loss, alpha)[0], loss.detach()
 
         virtual = self.virtual_step(weights, alpha, train_batch, xi)
         loss = self.loss({**virtual, "alpha": alpha}, val_batch)
-        grads = torch.autograd.grad(loss, [alpha, *virtual.values()])
+        grads = self.grad(loss, [alpha, *virtual.values()])
         dalpha, v = grads[0], dict(zip(virtual, grads[1:]))
         hvp = self.hessian_vector_fd(weights, alpha, v, train_batch) if self.order == 2 else \
             self.hessian_vector_exact(weights, alpha, v, train_batch)
-        return dalpha - xi * hvp, loss.item()
+        return dalpha - xi * hvp, loss.detach()
 
     def virtual_step(self, weights: dict[str, Tensor], alpha: Tensor, batch: Batch, xi: float) -> dict[str, Tensor]:
         """w' = w - ξ (∇w L_train + momentum * buffer + weight_decay * w), as leaves that require grad."""
         params = {n: w.requires_grad_() for n, w in _fresh(weights).items()}
         loss = self.loss({**params, "alpha": alpha.detach()}, batch)
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        grads = self.grad(loss, list(params.values()), allow_unused=True)
         group = self.w_optimizer.param_groups[0]
         momentum, decay = group["momentum"], group["weight_decay"]
         by_name = dict(self.model.named_weight_parameters())
@@ -116,7 +133,7 @@ class Architect:
         for sign in (1.0, -1.0):
             shifted = {n: w + sign * eps * v[n] for n, w in weights.items()}
             loss = self.loss({**shifted, "alpha": alpha}, batch)
-            grads.append(torch.autograd.grad(loss, alpha)[0])
+            grads.append(self.grad(loss, alpha)[0])
         return (grads[0] - grads[1]) / (2 * eps)
 
     def hessian_vector_exact(self, weights: dict[str, Tensor], alpha: Tensor, v: dict[str, Tensor],
@@ -124,15 +141,25 @@ class Architect:
         """∇α (∇w L_train · v) by double backward."""
         params = {n: w.requires_grad_() for n, w in _fresh(weights).items()}
         loss = self.loss({**params, "alpha": alpha}, batch)
-        gw = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
+        gw = self.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
         dot = sum((g * v[n]).sum() for n, g in zip(params, gw) if g is not None)
-        return torch.autograd.grad(dot, alpha)[0]
+        return self.grad(dot, alpha)[0]
 
     def loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """The loss of the network at `params`. BatchNorm statistics go to copies of the buffers."""
         x, y = batch
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        return self.loss_fn(functional_call(self.model, (params, buffers), (x,)), y)
+        with self.autocast():
+            logits = functional_call(self.model, (params, buffers), (x,))
+        return self.loss_fn(full_precision(logits), y)
+
+    def grad(self, output: Tensor, inputs: Tensor | list[Tensor], **kwargs) -> tuple[Tensor | None, ...]:
+        """torch.autograd.grad of `output`; under fp16 taken at the scaler's scale and divided back."""
+        if self.scaler is None:
+            return torch.autograd.grad(output, inputs, **kwargs)
+        scale = self.scaler.scale(torch.ones((), device=output.device))  # a tensor: no wait for the device
+        grads = torch.autograd.grad(output * scale, inputs, **kwargs)
+        return tuple(None if g is None else g / scale for g in grads)
 
     # -- checkpointing: α's Adam state
     def state_dict(self) -> dict:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import check_backbone
-from ..utils.config import SEEDS, Range, RunConfig, device_error
+from ..utils.config import SEEDS, Range, RunConfig, amp_error, device_error
 from .optim import ARCH_OPTIMIZERS
 from .verdict import DECIDED_MARGIN
 
@@ -69,6 +69,7 @@ class SearchConfig(RunConfig):
     checkpoint_every: int = 20  # steps between checkpoints (one is also written at every epoch end)
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"  # auto: cuda when available, else cpu
+    amp: str | None = None  # None: float32; "bf16" autocast; "fp16" autocast, w and α gradients through a scaler
     out: str = "runs/search"
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class SearchConfig(RunConfig):
         if self.order not in ("1", "2", "exact"):
             raise ValueError(f"order must be 1, 2 or exact, got {self.order!r}")
         check_backbone(self.backbone)
-        error = device_error(self.device)
+        error = amp_error(self.amp) or device_error(self.device)
         if error:
             raise ValueError(error)
         if self.arch_optimizer not in ARCH_OPTIMIZERS:

@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 
 from ..data import build_dataset
 from ..genotype import Genotype
-from ..train.recipe import resolve_device
+from ..train.recipe import autocast, build_scaler, full_precision, resolve_device
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import append_csv, read_csv, truncate_csv
 from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
+from ..utils.totals import LOG_EVERY, Totals
 from .architect import ORDERS, Architect
 from .config import SearchConfig
 from .hessian import dominant_eigenvalue
@@ -78,19 +79,22 @@ class Search:
                                          image_size=config.image_size)
         self.fit_idx, self.val_idx = split_indices(len(self.train_set), config.train_portion, config.seed)
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
         self.model = Supernet(config.backbone, num_classes=self.spec.num_classes,
                               per_stage=config.per_stage).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
+        self.scaler = build_scaler(config.amp, self.device)  # fp16: one scale for the w and the α gradients
         self.fit_batches = self._batches(self.fit_idx, config.seed)
         self.val_batches = self._batches(self.val_idx, config.seed + 1)
         self.arch_lr = config.resolved_arch_lr(self.steps_per_epoch())
         self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=self.arch_lr,
                                    betas=(config.arch_beta1, config.arch_beta2),
                                    weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay,
-                                   optimizer=config.arch_optimizer)
-        self.epoch, self.step, self.totals = 0, 0, _zero_totals()
+                                   optimizer=config.arch_optimizer, autocast=self._autocast, scaler=self.scaler)
+        self.epoch, self.step, self.totals = 0, 0, Totals()
         if resume:
             self._load()
         else:
@@ -100,8 +104,12 @@ class Search:
     def _batches(self, indices: list[int], seed: int) -> tuple[SeededBatches, DataLoader]:
         sampler = SeededBatches(indices, self.config.batch_size, seed)
         loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
-                            num_workers=self.config.workers, persistent_workers=self.config.workers > 0)
+                            num_workers=self.config.workers, persistent_workers=self.config.workers > 0,
+                            pin_memory=self.device.type == "cuda")
         return sampler, loader
+
+    def _autocast(self):
+        return autocast(self.config.amp, self.device)
 
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -130,63 +138,77 @@ class Search:
         bar = tqdm(total=steps, initial=self.step, desc=f"search {epoch + 1}/{self.config.epochs}",
                    disable=not self.progress, leave=False)
         search_alpha = epoch >= self.config.warmup_epochs
+        t = self.totals  # losses and hits stay on the device; read every LOG_EVERY steps, not every step
         while self.step < steps:
             train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
+            n = len(train_batch[1])
             if search_alpha:
                 val_loss = self.architect.step(train_batch, val_batch, xi=self.scheduler.get_last_lr()[0])
-                self._check_finite(val_loss, "validation", epoch)
+                if val_loss is not None:  # None: an fp16 overflow, skipped like the weights' own
+                    t.add("alpha_loss", val_loss * n)  # summed only to see that it stays finite
             loss, correct = self._weight_step(train_batch)
-            self._check_finite(loss, "training", epoch)
-            t = self.totals
-            t["loss"] += loss * len(train_batch[1])
-            t["correct"] += correct
-            t["seen"] += len(train_batch[1])
+            t.add("loss", loss * n)
+            t.add("correct", correct)
+            t.add("seen", n)
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{t['loss'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}")
-            if self.step % self.config.checkpoint_every == 0 and self.step < steps:
+            checkpoint = self.step % self.config.checkpoint_every == 0 and self.step < steps
+            if checkpoint or self.step % LOG_EVERY == 0 or self.step == steps:
+                self._check_finite(epoch)  # before a checkpoint: a diverged run never overwrites the last good one
+                bar.set_postfix(loss=f"{t.mean('loss'):.3f}", acc=f"{t.mean('correct'):.3f}")
+            if checkpoint:
                 self._save()
         bar.close()
 
-    def _weight_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, int]:
+    def _weight_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of the weights; (loss, hits) as tensors on the device."""
         x, y = batch
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        with self._autocast():
+            logits = self.model(x)
+        loss = F.cross_entropy(full_precision(logits), y)  # in float32 at least, as in training
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.model.alpha.grad = None  # α moves only in the architect's step
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
-        if math.isfinite(loss.item()):
+        if self.scaler is None:
             self.optimizer.step()
-        return loss.item(), int((logits.argmax(1) == y).sum())
+        else:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        return loss.detach(), (logits.argmax(1) == y).sum()
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
         self.model.eval()
-        loss = correct = seen = 0
+        totals = Totals()
         for x, y in map(self._to_device, self._eval_loader()):
-            logits = self.model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            with self._autocast():
+                logits = full_precision(self.model(x))
+            totals.add("loss", F.cross_entropy(logits, y, reduction="sum"))
+            totals.add("correct", (logits.argmax(1) == y).sum())
+            totals.add("seen", len(y))
         self.model.train()
-        return loss / seen, correct / seen
+        return totals.mean("loss"), totals.mean("correct")
 
-    def _check_finite(self, loss: float, which: str, epoch: int) -> None:
-        if not math.isfinite(loss):
-            where = self.out / CHECKPOINT
-            kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
-            raise SearchDiverged(f"the {which} loss became {loss} at epoch {epoch + 1}, step {self.step + 1}; "
-                                 f"stopped, {kept}. Try a lower --lr or a smaller --grad-clip.")
+    def _check_finite(self, epoch: int) -> None:
+        """Raise SearchDiverged if a weight or α step's loss since the last check was NaN or infinite."""
+        t = self.totals.read()
+        for key, which in (("loss", "training"), ("alpha_loss", "validation")):
+            if not math.isfinite(t.get(key, 0.0)):
+                where = self.out / CHECKPOINT
+                kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
+                raise SearchDiverged(f"the {which} loss became {t[key]} in epoch {epoch + 1} by step {self.step}; "
+                                     f"stopped, {kept}. Try a lower --lr or a smaller --grad-clip.")
 
     def _end_epoch(self, epoch: int, val_loss: float, val_acc: float) -> None:
         t = self.totals
         row = {"epoch": epoch + 1, "lr": round(self.scheduler.get_last_lr()[0], 8),
-               "train_loss": round(t["loss"] / max(t["seen"], 1), 6),
-               "train_acc": round(t["correct"] / max(t["seen"], 1), 6),
+               "train_loss": round(t.mean("loss"), 6), "train_acc": round(t.mean("correct"), 6),
                "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
                "genotype": self.model.genotype().to_json(indent=None), "arch_lr": self.arch_lr}
         if self.config.track_hessian:
@@ -195,7 +217,7 @@ class Search:
         row.update(alpha_summary(self.model))
         append_csv(self.out / "history.csv", row)
         self.scheduler.step()
-        self.epoch, self.step, self.totals = epoch + 1, 0, _zero_totals()
+        self.epoch, self.step, self.totals = epoch + 1, 0, Totals()
         self._write_genotypes()
         self._save()
 
@@ -261,9 +283,10 @@ class Search:
     def _save(self) -> None:
         save_atomic({
             "config": asdict(self.config), "epoch": self.epoch, "step": self.step,
-            "totals": dict(self.totals), "model": self.model.state_dict(),
+            "totals": dict(self.totals.read()), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "architect": self.architect.state_dict(), "rng": rng_state(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "history_rows": self._history_rows(),
         }, self.out / CHECKPOINT)
 
@@ -279,7 +302,9 @@ class Search:
         self.architect.load_state_dict(state["architect"])
         self.arch_lr = self.architect.optimizer.param_groups[0]["lr"]  # the run's own, whatever its epochs now
         set_rng_state(state["rng"])
-        self.epoch, self.step, self.totals = state["epoch"], state["step"], state["totals"]
+        self.epoch, self.step, self.totals = state["epoch"], state["step"], Totals(state["totals"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         truncate_csv(self.out / "history.csv", state["history_rows"])
         self._write_config()
 
@@ -293,10 +318,6 @@ class Search:
         for group, base in zip(self.optimizer.param_groups, s.base_lrs):
             group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * s.last_epoch / s.T_max)) / 2
         s._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
-
-
-def _zero_totals() -> dict[str, float]:
-    return {"loss": 0.0, "correct": 0, "seen": 0}
 
 
 def _probs(alpha: torch.Tensor) -> list:

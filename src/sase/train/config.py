@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import MODELS
-from ..utils.config import SEEDS, Range, RunConfig, device_error
-
-AMP_MODES = ("bf16", "fp16")
+from ..utils.config import SEEDS, Range, RunConfig, amp_error, device_error
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,7 @@ class TrainConfig(RunConfig):
         self.check()  # types and the RANGES above
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid choices: {', '.join(MODELS)}")
-        if self.amp is not None and self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (or unset for float32), got {self.amp!r}")
-        error = device_error(self.device)
+        error = amp_error(self.amp) or device_error(self.device)
         if error:
             raise ValueError(error)
 

@@ -35,10 +35,11 @@ from ..data import build_dataset
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples
+from ..utils.totals import LOG_EVERY, Totals
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
 from .log import EpochLog, read_csv
-from .metrics import EvalResult, correct_top, count_flops, count_parameters, evaluate, top_k
+from .metrics import EvalResult, count_flops, count_parameters, evaluate, top_k
 from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, resolve_device
 
 SUMMARY = "summary.json"
@@ -81,6 +82,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = self.spec.build().to(self.device)
         pin = self.device.type == "cuda"
+        if pin:
+            torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
         self.batches = SeededBatches(range(len(self.train_set)), config.batch_size, config.seed)
         self.loader = DataLoader(SeededSamples(self.train_set, config.seed), batch_sampler=self.batches,
                                  num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=pin)
@@ -91,7 +94,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps)
         self.scaler = build_scaler(config.amp, self.device)
-        self.epoch, self.step, self.totals = 0, 0, _zero_totals()
+        self.epoch, self.step, self.totals = 0, 0, Totals()
         if saved is None:
             self._start_folder()
         else:
@@ -112,22 +115,28 @@ class Trainer:
         self.batches.set_epoch(epoch, self.step)
         bar = tqdm(total=self.steps, initial=self.step, desc=f"train {epoch + 1}/{self.config.epochs}",
                    disable=not self.progress, leave=False)
+        # losses and hits stay on the device; read every LOG_EVERY steps (and before a checkpoint), not every step
         t, tick = self.totals, time.perf_counter()
         for x, y in islice(self.loader, self.steps - self.step):
-            loss, correct = self._train_step(x, y, epoch)
-            t["loss"] += loss * len(y)
-            t["correct"] += correct
-            t["seen"] += len(y)
-            now = time.perf_counter()
-            t["seconds"], tick = t["seconds"] + now - tick, now
+            loss, correct = self._train_step(x, y)
+            t.add("loss", loss * len(y))
+            t.add("correct", correct)
+            t.add("seen", len(y))
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{t['loss'] / t['seen']:.3f}", top1=f"{t['correct'] / t['seen']:.3f}")
-            if self.step % self.config.checkpoint_every == 0 and self.step < self.steps:
+            checkpoint = self.step % self.config.checkpoint_every == 0 and self.step < self.steps
+            if checkpoint or self.step % LOG_EVERY == 0 or self.step == self.steps:
+                self._check_finite(epoch)  # before a checkpoint: a diverged run never overwrites the last good one
+                bar.set_postfix(loss=f"{t.mean('loss'):.3f}", top1=f"{t.mean('correct'):.3f}")
+                now = time.perf_counter()  # after the read: the device has finished the steps timed
+                t.add("seconds", now - tick)
+                tick = now
+            if checkpoint:
                 self._save()
         bar.close()
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, int]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step; (loss, top-1 hits) as tensors on the device."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -135,8 +144,6 @@ class Trainer:
             logits = self.model(x)
         # the loss in float32 whatever the autocast type: a half-precision softmax loses small probabilities
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
-        if not math.isfinite(loss.item()):
-            self._diverged(loss.item(), epoch)
         clip = self.config.grad_clip
         if self.scaler is None:
             loss.backward()
@@ -154,24 +161,28 @@ class Trainer:
             # the scheduler steps even when the scaler skipped a step: the lr stays a function of the step
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             self.scheduler.step()
-        return loss.item(), correct_top(logits.detach().float(), y, (1,))[0]
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def _diverged(self, loss: float, epoch: int) -> None:
+    def _check_finite(self, epoch: int) -> None:
+        """Raise TrainingDiverged if a step's loss since the last check was NaN or infinite."""
+        loss = self.totals.read().get("loss", 0.0)
+        if math.isfinite(loss):
+            return
         where = self.out / CHECKPOINT
         kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {self.step + 1}; "
+        raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1} by step {self.step}; "
                                f"stopped, {kept}. Try a lower --lr, more warm-up or --amp bf16 instead of fp16.")
 
     def _end_epoch(self, epoch: int, val: EvalResult) -> None:
-        t = self.totals
+        t = self.totals.read()
         last_step = (epoch + 1) * self.steps - 1
         row = {"epoch": epoch + 1, "lr": round(self.config.lr * self.scheduler.lr_lambdas[0](last_step), 8),
-               "train_loss": round(t["loss"] / max(t["seen"], 1), 6),
-               "train_top1": round(t["correct"] / max(t["seen"], 1), 6),
+               "train_loss": round(self.totals.mean("loss"), 6), "train_top1": round(self.totals.mean("correct"), 6),
                "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6), f"val_top{val.k}": round(val.topk, 6),
-               "seconds": round(t["seconds"], 3), "images_per_s": round(t["seen"] / max(t["seconds"], 1e-9), 1)}
+               "seconds": round(t.get("seconds", 0.0), 3),
+               "images_per_s": round(t.get("seen", 0) / max(t.get("seconds", 0.0), 1e-9), 1)}
         self.log.write(row)
-        self.epoch, self.step, self.totals = epoch + 1, 0, _zero_totals()
+        self.epoch, self.step, self.totals = epoch + 1, 0, Totals()
         self._save()
         if self.progress:
             tqdm.write(f"epoch {epoch + 1}/{self.config.epochs}: train loss {row['train_loss']:.4f} top-1 "
@@ -209,7 +220,7 @@ class Trainer:
     def _save(self) -> None:
         save_atomic({
             "config": asdict(self.config), "model_spec": asdict(self.spec),
-            "epoch": self.epoch, "step": self.step, "totals": dict(self.totals),
+            "epoch": self.epoch, "step": self.step, "totals": dict(self.totals.read()),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -224,7 +235,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
-        self.epoch, self.step, self.totals = saved["epoch"], saved["step"], saved["totals"]
+        self.epoch, self.step, self.totals = saved["epoch"], saved["step"], Totals(saved["totals"])
         self._write_config()
 
     def _stretch_schedule(self) -> None:
@@ -240,10 +251,6 @@ class Trainer:
         step = self.scheduler.last_epoch  # scheduler steps taken: the global step of the next optimiser step
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * schedule(step)
-
-
-def _zero_totals() -> dict[str, float]:
-    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
 def run_train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..utils.totals import Totals
 from .recipe import autocast
 
 MAX_K = 5  # top-5, or top-(classes) when there are fewer classes
@@ -26,11 +27,11 @@ def top_k(num_classes: int) -> int:
     return min(MAX_K, num_classes)
 
 
-def correct_top(logits: Tensor, labels: Tensor, ks: tuple[int, ...]) -> list[int]:
-    """How many of `labels` are among the top-k `logits`, for each k."""
+def correct_top(logits: Tensor, labels: Tensor, ks: tuple[int, ...]) -> Tensor:
+    """How many of `labels` are among the top-k `logits`, for each k: a (len(ks),) tensor on their device."""
     ranked = logits.topk(max(ks), dim=1).indices  # (B, max k)
-    hits = ranked == labels.unsqueeze(1)  # (B, max k)
-    return [int(hits[:, :k].any(1).sum()) for k in ks]
+    hits = (ranked == labels.unsqueeze(1)).cumsum(1).clamp_max(1)  # (B, max k): label within the first j + 1
+    return hits[:, [k - 1 for k in ks]].sum(0)
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
     was_training = model.training
     model.eval()
     k = None
-    loss = 0.0
-    top1 = topk = seen = 0
+    totals = Totals()  # summed on the device, read once at the end
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(amp, device):
             logits = model(x)
         logits = logits.float()
         k = k or top_k(logits.shape[1])
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        totals.add("loss", F.cross_entropy(logits, y, reduction="sum"))
         c1, ck = correct_top(logits, y, (1, k))
-        top1, topk, seen = top1 + c1, topk + ck, seen + len(y)
+        totals.add("top1", c1)
+        totals.add("topk", ck)
+        totals.add("seen", len(y))
     model.train(was_training)
-    if seen == 0:
+    t = totals.read()
+    if not t.get("seen"):
         raise ValueError("the evaluation split holds no images")
-    return EvalResult(loss / seen, top1 / seen, topk / seen, k or 1, seen)
+    seen = int(t["seen"])
+    return EvalResult(t["loss"] / seen, t["top1"] / seen, t["topk"] / seen, k or 1, seen)
 
 
 def count_parameters(model: nn.Module) -> int:

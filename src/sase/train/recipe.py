@@ -66,3 +66,8 @@ def autocast(amp: str | None, device: torch.device) -> ContextManager:
 def build_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler | None:
     """A gradient scaler for fp16 (its range is too narrow for small gradients); bf16 and float32 need none."""
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
+def full_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32 before the loss (a half softmax loses small probabilities); float64 kept."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

@@ -19,6 +19,14 @@ from typing import Any, ClassVar, Mapping, TypeVar
 
 C = TypeVar("C", bound="RunConfig")
 CONFIG = "config.json"
+AMP_MODES = ("bf16", "fp16")  # mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler
+
+
+def amp_error(amp: str | None) -> str | None:
+    """None for a valid mixed-precision mode (or None: float32), else the one-line complaint."""
+    if amp is None or amp in AMP_MODES:
+        return None
+    return f"amp must be one of {', '.join(AMP_MODES)} (or unset for float32), got {amp!r}"
 
 
 def device_error(name: str) -> str | None:

@@ -117,8 +117,8 @@ def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int
         return run
 
     times = timed({a: forward(m) for a, m in models.items()}, device, rounds, inner=3)
-    memory = {}
-    for a, m in models.items():  # the rise of allocated memory over one forward: activations
+    memory = {a: float("nan") for a in models}
+    for a, m in models.items() if device.type == "cuda" else ():  # the rise of allocated memory over one forward: activations
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -130,8 +130,8 @@ def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int
 
 def search_memory(device: torch.device, batch: int, kinds: list[str]) -> dict[str, float]:
     """Peak GPU memory (MiB) of two steps of each kind, model and optimiser state included."""
-    peaks = {}
-    for k in kinds:
+    peaks = {k: float("nan") for k in kinds}
+    for k in kinds if device.type == "cuda" else ():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -167,18 +167,26 @@ def main() -> None:
     parser.add_argument("--r50-batch", type=int, default=64)
     parser.add_argument("--r50-size", type=int, default=224)
     parser.add_argument("--end-to-end", action="store_true", help="also time `sase search` / `sase train` runs")
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself, on tiny settings")
     parser.add_argument("--out", default="gpu.md")
     parser.add_argument("--json", default=None, help="also write every figure as JSON here")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA device")
-    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    gpu, cpu = torch.device(args.device), torch.device("cpu")
     torch.backends.cudnn.benchmark = True
     threads = torch.get_num_threads()
-    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cpu_threads": threads}
+    results: dict = {"gpu": torch.cuda.get_device_name() if gpu.type == "cuda" else "no GPU (dry run)", "torch": torch.__version__, "cpu_threads": threads}
     sections = []
 
-    def save() -> None:
+    def setup() -> str:
+        return (f"{results['gpu']}, torch {torch.__version__}, CUDA {torch.version.cuda}, cudnn.benchmark on; CPU "
+                f"{platform.processor() or platform.machine()} with {threads} threads. Medians of {args.rounds} "
+                f"interleaved rounds on the GPU ({args.cpu_rounds} on the CPU). Produced by "
+                f"`python benchmarks/gpu.py{' --end-to-end' if args.end_to_end else ''}`.")
+
+    def save() -> None:  # after every section: a run cut short keeps what it measured
+        Path(args.out).write_text("# On a GPU\n\n" + setup() + "\n\n" + "\n\n".join(sections) + "\n")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
@@ -234,32 +242,28 @@ def main() -> None:
 
     # 4. end to end
     if args.end_to_end:
-        runs = {
-            "sase search (defaults: digits, ResNet-20 supernet, 4 epochs, second order)": ["search", "--quiet"],
-            "sase search --epochs 1": ["search", "--quiet", "--epochs", "1"],
-            "sase train --attention sase (defaults: digits, ResNet-20, 2 epochs)": ["train", "--quiet",
-                                                                                    "--attention", "sase"],
+        runs = {  # label: (arguments, on the CPU too)
+            "sase search (defaults: digits, ResNet-20 supernet, 4 epochs, second order)": (["search"], False),
+            "sase search --epochs 1": (["search", "--epochs", "1"], True),
+            "sase train --attention sase --epochs 1": (["train", "--attention", "sase", "--epochs", "1"], True),
         }
         rows, results["end_to_end"] = [], {}
         work = Path("bench-runs")
-        for i, (label, cli) in enumerate(runs.items()):
-            on_gpu = end_to_end([*cli, "--device", "cuda", "--out", str(work / f"gpu-{i}")], timeout=240)
-            on_cpu = end_to_end([*cli, "--device", "cpu", "--out", str(work / f"cpu-{i}")], timeout=240) \
-                if "--epochs" in cli or "train" in cli else None
+        for i, (label, (cli, cpu_too)) in enumerate(runs.items()):
+            on_gpu = end_to_end([*cli, "--quiet", "--device", "cuda", "--out", str(work / f"gpu-{i}")], timeout=150)
+            on_cpu = end_to_end([*cli, "--quiet", "--device", "cpu", "--out", str(work / f"cpu-{i}")], timeout=120) \
+                if cpu_too else None
             results["end_to_end"][label] = {"gpu_s": on_gpu, "cpu_s": on_cpu}
             print("end to end", label, on_gpu, on_cpu, flush=True)
             fmt = lambda s: "-" if s is None else f"{s:.0f}"
             rows.append([label, fmt(on_gpu), fmt(on_cpu),
                          f"{on_cpu / on_gpu:.1f}x" if on_cpu and on_gpu else "-"])
+            if i == 0:
+                sections.append("")
+            sections[-1] = (f"## End to end\n\nWall-clock seconds of the command, start-up included; CPU: {threads} "
+                            "threads.\n\n" + table(["command", "GPU s", "CPU s", "speed-up"], rows))
             save()
-        sections.append(f"## End to end\n\nWall-clock seconds of the command, start-up included; CPU: {threads} "
-                        "threads.\n\n" + table(["command", "GPU s", "CPU s", "speed-up"], rows))
 
-    setup = (f"{results['gpu']}, torch {torch.__version__}, CUDA {torch.version.cuda}, cudnn.benchmark on; CPU "
-             f"{platform.processor() or platform.machine()} with {threads} threads. Medians of {args.rounds} "
-             f"interleaved rounds on the GPU ({args.cpu_rounds} on the CPU). Produced by "
-             f"`python benchmarks/gpu.py{' --end-to-end' if args.end_to_end else ''}`.")
-    Path(args.out).write_text("# On a GPU\n\n" + setup + "\n\n" + "\n\n".join(sections) + "\n")
     save()
     print(Path(args.out).read_text())
 

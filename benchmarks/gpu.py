@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -248,7 +249,7 @@ def main() -> None:
             "sase train --attention sase --epochs 1": (["train", "--attention", "sase", "--epochs", "1"], True),
         }
         rows, results["end_to_end"] = [], {}
-        work = Path("bench-runs")
+        work = Path(tempfile.mkdtemp(prefix="sase-bench-"))
         for i, (label, (cli, cpu_too)) in enumerate(runs.items()):
             on_gpu = end_to_end([*cli, "--quiet", "--device", "cuda", "--out", str(work / f"gpu-{i}")], timeout=150)
             on_cpu = end_to_end([*cli, "--quiet", "--device", "cpu", "--out", str(work / f"cpu-{i}")], timeout=120) \

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import platform
 import statistics
@@ -120,7 +121,9 @@ def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int
     times = timed({a: forward(m) for a, m in models.items()}, device, rounds, inner=3)
     memory = {a: float("nan") for a in models}
     for a, m in models.items() if device.type == "cuda" else ():  # the rise of allocated memory over one forward: activations
+        gc.collect()  # what the timing left behind is freed before the baseline is read
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         forward(m)()
@@ -178,7 +181,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     threads = torch.get_num_threads()
     results: dict = {"gpu": torch.cuda.get_device_name() if gpu.type == "cuda" else "no GPU (dry run)", "torch": torch.__version__, "cpu_threads": threads}
-    sections = []
+    sections: dict[str, str] = {}  # title -> text, rewritten as rows come in
 
     def setup() -> str:
         return (f"{results['gpu']}, torch {torch.__version__}, CUDA {torch.version.cuda}, cudnn.benchmark on; CPU "
@@ -187,7 +190,7 @@ def main() -> None:
                 f"`python benchmarks/gpu.py{' --end-to-end' if args.end_to_end else ''}`.")
 
     def save() -> None:  # after every section: a run cut short keeps what it measured
-        Path(args.out).write_text("# On a GPU\n\n" + setup() + "\n\n" + "\n\n".join(sections) + "\n")
+        Path(args.out).write_text("# On a GPU\n\n" + setup() + "\n\n" + "\n\n".join(f"## {t}\n\n{x}" for t, x in sections.items()) + "\n")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
@@ -207,10 +210,11 @@ def main() -> None:
              f"{g16[k] / g16['plain']:.2f}", f"{mem[k]:.0f}",
              f"{1000 * c32[k]:.0f}" if k in c32 else "-", f"{c32[k] / g32[k]:.1f}x" if k in c32 else "-"]
             for k in kinds]
-    sections.append(f"## Search step\n\nCIFAR ResNet-20 supernet, batch {args.search_batch}, 3x32x32; an α step and "
+    sections["Search step"] = (f"CIFAR ResNet-20 supernet, batch {args.search_batch}, 3x32x32; an α step and "
                     "a weight step, as the search loop takes them.\n\n" + table(
                         ["step", "GPU fp32 ms", "units", "GPU bf16 ms", "units", "GPU peak MiB",
                          f"CPU ({threads} threads) ms", "GPU speed-up"], rows))
+    save()
 
     # 2. training step with each attention
     rows = []
@@ -222,10 +226,10 @@ def main() -> None:
             print("train step", name, amp, t, flush=True)
             rows.append([f"{name}, batch {batch}, {size}x{size}, {amp}", f"{1000 * t['none']:.1f}"]
                         + [f"{t[a] / t['none']:.2f}" for a in ATTENTIONS[1:]])
-            save()
-    sections.append("## Training step\n\nOne SGD step (forward, backward, update) with each attention module, as a "
+            sections["Training step"] = ("One SGD step (forward, backward, update) with each attention module, as a "
                     "ratio to the plain backbone measured in the same rounds.\n\n"
-                    + table(["backbone", "plain ms", *[f"{a} / plain" for a in ATTENTIONS[1:]]], rows))
+                                         + table(["backbone", "plain ms", *[f"{a} / plain" for a in ATTENTIONS[1:]]], rows))
+            save()
 
     # 3. inference
     rows = []
@@ -236,10 +240,10 @@ def main() -> None:
         print("inference", amp, t, m, flush=True)
         rows.append([f"ResNet-50, batch {args.r50_batch}, {amp}", f"{1000 * t['none']:.1f}"]
                     + [f"{t[a] / t['none']:.2f} / {m[a] / m['none']:.2f}" for a in ATTENTIONS[1:]])
-        save()
-    sections.append("## Inference\n\nOne forward under `torch.inference_mode`; each cell is time / peak memory as "
+        sections["Inference"] = ("One forward under `torch.inference_mode`; each cell is time / peak memory as "
                     "ratios to plain ResNet-50 (memory: the rise of allocated GPU memory over the forward).\n\n"
-                    + table(["model", "plain ms", *[f"{a}" for a in ATTENTIONS[1:]]], rows))
+                                 + table(["model", "plain ms", *[f"{a}" for a in ATTENTIONS[1:]]], rows))
+        save()
 
     # 4. end to end
     if args.end_to_end:
@@ -259,9 +263,7 @@ def main() -> None:
             fmt = lambda s: "-" if s is None else f"{s:.0f}"
             rows.append([label, fmt(on_gpu), fmt(on_cpu),
                          f"{on_cpu / on_gpu:.1f}x" if on_cpu and on_gpu else "-"])
-            if i == 0:
-                sections.append("")
-            sections[-1] = (f"## End to end\n\nWall-clock seconds of the command, start-up included; CPU: {threads} "
+            sections["End to end"] = (f"Wall-clock seconds of the command, start-up included; CPU: {threads} "
                             "threads.\n\n" + table(["command", "GPU s", "CPU s", "speed-up"], rows))
             save()
 

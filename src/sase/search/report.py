@@ -46,7 +46,7 @@ def plot_alpha_heatmap(alpha: Tensor, path: Path, widths: Sequence[int] | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    probs = torch.softmax(alpha.detach().float(), -1).numpy()  # (G, 6, K)
+    probs = torch.softmax(alpha.detach().float().cpu(), -1).numpy()  # (G, 6, K)
     groups = len(probs)
     labels = [f"width {w}" for w in widths] if widths and len(widths) == groups else ["shared"]
     rows, cols = _grid(len(EDGES))

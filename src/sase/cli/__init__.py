@@ -2,15 +2,20 @@
 
 Bad input (a flag, a setting, a file, a folder) ends a command with one line on stderr that names it and
 says what was expected, and exit code 2; `--debug` (or SASE_DEBUG=1) shows the traceback instead.
+
+Under torchrun only rank 0 prints; an error is printed by the first process of each node (a node may
+have a problem the others do not, such as too few GPUs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
 from typing import NoReturn, Sequence
 
+from ..utils.distributed import world
 from . import compare, demo, pipeline, search
 from . import eval as eval_
 from . import train
@@ -70,14 +75,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    place = world()
     try:
-        return COMMANDS[args.command].run(args) or 0
+        with silenced(not place.main):
+            return COMMANDS[args.command].run(args) or 0
     except USER_ERRORS as err:
+        if place.local_rank != 0 and not debugging(args):
+            return 2
         if debugging(args):
             err.__suppress_context__ = False  # show the error a one-line message replaced, too
             traceback.print_exc()
         print(f"sase {args.command}: error: {describe(err)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def silenced(quiet: bool):
+    """Nothing printed inside, when `quiet`: a process other than rank 0 under torchrun."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 if __name__ == "__main__":

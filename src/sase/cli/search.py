@@ -27,6 +27,7 @@ from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seed
 from ..search.config import SELECTIONS
 from ..search.optim import ARCH_OPTIMIZERS
 from ..utils.config import AMP_MODES
+from ..utils.distributed import world
 from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -140,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_seeds(config: SearchConfig, seeds: list[int], progress: bool) -> int:
     stability, _ = run_seeds(config, seeds, progress=progress)
+    if not world().main:
+        return 0  # rank 0 writes the report
     report = write_stability(stability, config.out)
     for seed, g, decided in zip(stability.seeds, stability.genotypes, stability.decided):
         print(f"  seed {seed}: {g.to_json(indent=None)} ({'decided' if decided else 'UNDECIDED'})")

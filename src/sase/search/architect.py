@@ -11,6 +11,13 @@ With `beta_decay` the α objective also holds weight · L_β(α), Beta-Decay (β
 2022; see `regularizers`). L_β depends on α alone, so its gradient is added to the hypergradient of
 any order; the loss an α step reports stays the plain validation loss.
 
+Under torchrun each process holds its share of both batches, and every gradient of the step is
+averaged over the processes where the single-process step would take it over the whole batch: the
+virtual step's weight gradient, v = ∇w' L_val, and the α gradient itself (`torch.autograd.grad`
+bypasses DistributedDataParallel's hooks, so this is done here). Every process thus takes the same w',
+and the same α step, as one process on the whole batch (up to BatchNorm, whose batch statistics are
+each process's own).
+
 With `amp` the losses are computed under autocast (the attention cells themselves run in float32,
 see `sase.ops.features.no_autocast`). Under fp16 every gradient is taken of the loss times the
 gradient scaler's scale and divided back, so small half-precision gradients do not flush to zero; a
@@ -28,6 +35,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from ..train.recipe import full_precision
+from ..utils.distributed import average_
 from .regularizers import beta_decay_loss
 from .optim import arch_optimizer
 from .supernet import Supernet
@@ -85,6 +93,7 @@ class Architect:
     def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, Tensor]:
         """(∇α of the chosen order + beta_weight · ∇α L_β, validation loss), without stepping anything."""
         grad, loss = self.hypergradient(train_batch, val_batch, xi)
+        average_([grad])  # the mean over the processes (nothing in one process)
         if self.beta_weight:
             alpha = self.model.alpha.detach().requires_grad_()
             grad = grad + self.beta_weight * torch.autograd.grad(beta_decay_loss(alpha), alpha)[0]
@@ -103,6 +112,7 @@ class Architect:
         loss = self.loss({**virtual, "alpha": alpha}, val_batch)
         grads = self.grad(loss, [alpha, *virtual.values()])
         dalpha, v = grads[0], dict(zip(virtual, grads[1:]))
+        average_(list(v.values()))  # v of the whole batch; dα is averaged with the final gradient
         hvp = self.hessian_vector_fd(weights, alpha, v, train_batch) if self.order == 2 else \
             self.hessian_vector_exact(weights, alpha, v, train_batch)
         return dalpha - xi * hvp, loss.detach()
@@ -112,6 +122,7 @@ class Architect:
         params = {n: w.requires_grad_() for n, w in _fresh(weights).items()}
         loss = self.loss({**params, "alpha": alpha.detach()}, batch)
         grads = self.grad(loss, list(params.values()), allow_unused=True)
+        average_(grads)  # the whole batch's gradient: every process takes the same virtual step
         group = self.w_optimizer.param_groups[0]
         momentum, decay = group["momentum"], group["weight_decay"]
         by_name = dict(self.model.named_weight_parameters())

@@ -14,6 +14,12 @@ the epoch it stopped at, the lr a search of the new length would have there), an
 learning rate it started with: the budgeted default (`SearchConfig.resolved_arch_lr`) depends on the
 number of epochs, and changing α's step size halfway would make it another search. Fewer epochs are
 refused.
+
+Under torchrun (`torchrun --nproc_per_node N -m sase search ...`) every process takes its share of
+each global batch of both halves, from the one seeded split; the weights' gradients are averaged by
+DistributedDataParallel and the architect averages its own (see `architect`), so every process holds
+the same α and derives the same genotype at every epoch. The evaluation is sharded and summed over
+the processes; rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from ..genotype import Genotype
 from ..train.recipe import autocast, build_scaler, full_precision, resolve_device
 from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import append_csv, read_csv, truncate_csv
+from ..utils.distributed import barrier, broadcast_buffers, broadcast_object, check_batch, setup, world
 from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from ..utils.totals import LOG_EVERY, Totals
@@ -70,19 +77,25 @@ class Search:
     """A search run in `config.out`, fresh or resumed from its checkpoint."""
 
     def __init__(self, config: SearchConfig, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
+        self.config, self.world = config, world()
+        self.progress = progress and self.world.main
         self.out = check_out(config.out)  # before the data: a bad --out fails at once
+        check_batch(config.batch_size)  # the global batch splits evenly over the processes
+        self.device = setup(resolve_device(config.device))
         torch.manual_seed(config.seed)
         self.train_set, self.spec = build_dataset(config.dataset, config.data, train=True, augment=True,
                                                   image_size=config.image_size, download=config.download)
         self.eval_set, _ = build_dataset(config.dataset, config.data, train=True, augment=False,
                                          image_size=config.image_size)
         self.fit_idx, self.val_idx = split_indices(len(self.train_set), config.train_portion, config.seed)
-        self.device = resolve_device(config.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
         self.model = Supernet(config.backbone, num_classes=self.spec.num_classes,
                               per_stage=config.per_stage).to(self.device)
+        # the weight step goes through DDP (its gradients averaged as they are computed); the architect's
+        # functional calls use the plain model and average their own
+        self.ddp = self.model if not self.world.distributed else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
@@ -94,7 +107,7 @@ class Search:
                                    betas=(config.arch_beta1, config.arch_beta2),
                                    weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay,
                                    optimizer=config.arch_optimizer, autocast=self._autocast, scaler=self.scaler)
-        self.epoch, self.step, self.totals = 0, 0, Totals()
+        self.epoch, self.step, self.totals = 0, 0, self._totals()
         if resume:
             self._load()
         else:
@@ -102,7 +115,7 @@ class Search:
 
     # -- data
     def _batches(self, indices: list[int], seed: int) -> tuple[SeededBatches, DataLoader]:
-        sampler = SeededBatches(indices, self.config.batch_size, seed)
+        sampler = SeededBatches(indices, self.config.batch_size, seed, shard=(self.world.rank, self.world.size))
         loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
                             num_workers=self.config.workers, persistent_workers=self.config.workers > 0,
                             pin_memory=self.device.type == "cuda")
@@ -110,6 +123,9 @@ class Search:
 
     def _autocast(self):
         return autocast(self.config.amp, self.device)
+
+    def _totals(self, saved: dict | None = None) -> Totals:
+        return Totals(saved, across_processes=self.world.distributed)  # sums of the global batch
 
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -166,7 +182,7 @@ class Search:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.model(x)
+            logits = self.ddp(x)
         loss = F.cross_entropy(full_precision(logits), y)  # in float32 at least, as in training
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.model.alpha.grad = None  # α moves only in the architect's step
@@ -184,8 +200,9 @@ class Search:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
+        broadcast_buffers(self.model)  # rank 0's BatchNorm statistics on every process
         self.model.eval()
-        totals = Totals()
+        totals = self._totals()
         for x, y in map(self._to_device, self._eval_loader()):
             with self._autocast():
                 logits = full_precision(self.model(x))
@@ -215,9 +232,10 @@ class Search:
             row["hessian_eigenvalue"] = round(dominant_eigenvalue(self.model, self._hessian_batches()), 6)
         row.update(verdict_columns(self.verdict(), len(self.model.alpha)))
         row.update(alpha_summary(self.model))
-        append_csv(self.out / "history.csv", row)
+        if self.world.main:
+            append_csv(self.out / "history.csv", row)
         self.scheduler.step()
-        self.epoch, self.step, self.totals = epoch + 1, 0, Totals()
+        self.epoch, self.step, self.totals = epoch + 1, 0, self._totals()
         self._write_genotypes()
         self._save()
 
@@ -225,16 +243,19 @@ class Search:
         return judge(self.model.alpha, self.config.decided_margin)
 
     def _finish(self, seconds: float) -> SearchResult:
-        genotypes = self._select()
+        genotypes = broadcast_object(self._select())  # rank 0's choice, should float rounding differ
         self._write_genotypes(genotypes)
         verdict = self.verdict()
-        verdict.write(self.out)
-        plot_alpha_heatmap(self.model.alpha, self.out / "alpha_heatmap.png", self.model.stage_widths)
-        rows = read_csv(self.out / "history.csv")
-        plot_alpha_evolution(rows, self.out / "alpha_evolution.png")
-        if self.config.track_hessian:
-            plot_hessian(rows, self.out / "hessian.png")
-        val_acc = float(rows[-1]["val_acc"]) if rows else float("nan")
+        val_acc = float("nan")
+        if self.world.main:
+            verdict.write(self.out)
+            plot_alpha_heatmap(self.model.alpha, self.out / "alpha_heatmap.png", self.model.stage_widths)
+            rows = read_csv(self.out / "history.csv")
+            plot_alpha_evolution(rows, self.out / "alpha_evolution.png")
+            if self.config.track_hessian:
+                plot_hessian(rows, self.out / "hessian.png")
+            val_acc = float(rows[-1]["val_acc"]) if rows else float("nan")
+        val_acc = broadcast_object(val_acc)
         return SearchResult(main_genotype(self.model, genotypes), genotypes, self.model.stage_widths, self.out,
                             val_acc, seconds, verdict, self.arch_lr, _probs(self.model.alpha))
 
@@ -243,18 +264,22 @@ class Search:
         if self.config.select == "argmax":
             return self.model.genotypes()
         selection = perturbation_select(self.model, self._selection_batches(), seed=self.config.seed)
-        (self.out / "perturbation.json").write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
+        if self.world.main:
+            (self.out / "perturbation.json").write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
         return selection.genotypes
 
     def _eval_loader(self) -> DataLoader:
         # no gradients are kept, so a large batch costs little memory and saves the supernet's per-call
         # overhead (28 candidate ops per block), which dominates on small images
-        return DataLoader(Subset(self.eval_set, self.val_idx), batch_size=max(2 * self.config.batch_size, 256),
-                          num_workers=self.config.workers)
+        return self._loader(self.val_idx[self.world.rank::self.world.size])  # each image on one process
+
+    def _loader(self, indices: list[int]) -> DataLoader:
+        return DataLoader(Subset(self.eval_set, indices), batch_size=max(2 * self.config.batch_size, 256),
+                          num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
 
     def _selection_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole α half, unaugmented: every candidate removal is scored on the same images."""
-        return [self._to_device(b) for b in self._eval_loader()]
+        """The whole α half, unaugmented: every candidate removal is scored on the same images (on every process)."""
+        return [self._to_device(b) for b in self._loader(self.val_idx)]
 
     def _hessian_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed slice of the α half (the same images every epoch), so the eigenvalues are comparable."""
@@ -262,6 +287,8 @@ class Search:
         return [self._to_device(b) for b in loader]
 
     def _write_genotypes(self, genotypes: list[Genotype] | None = None) -> None:
+        if not self.world.main:
+            return
         genotypes = self.model.genotypes() if genotypes is None else genotypes
         main_genotype(self.model, genotypes).to_json(self.out / "genotype.json")
         if self.config.per_stage:
@@ -272,18 +299,24 @@ class Search:
     def _start_folder(self) -> None:
         if (self.out / CHECKPOINT).exists():
             raise FileExistsError(f"{self.out} already holds a search; resume it with --resume or pick another --out")
-        make_out(self.out)
-        (self.out / "history.csv").unlink(missing_ok=True)
-        self._write_config()
+        barrier()  # every process has looked before rank 0 writes
+        if self.world.main:
+            make_out(self.out)
+            (self.out / "history.csv").unlink(missing_ok=True)
+            self._write_config()
 
     def _write_config(self) -> None:
         """config.json: on resume too, so that it names this folder and the epochs the run now has."""
         (self.out / "config.json").write_text(self.config.to_json() + "\n")
 
     def _save(self) -> None:
+        totals = dict(self.totals.read())  # on every process: the read sums over them
+        broadcast_buffers(self.model)  # the checkpoint holds rank 0's BatchNorm statistics, as do all processes
+        if not self.world.main:
+            return
         save_atomic({
             "config": asdict(self.config), "epoch": self.epoch, "step": self.step,
-            "totals": dict(self.totals.read()), "model": self.model.state_dict(),
+            "totals": totals, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "architect": self.architect.state_dict(), "rng": rng_state(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -302,11 +335,12 @@ class Search:
         self.architect.load_state_dict(state["architect"])
         self.arch_lr = self.architect.optimizer.param_groups[0]["lr"]  # the run's own, whatever its epochs now
         set_rng_state(state["rng"])
-        self.epoch, self.step, self.totals = state["epoch"], state["step"], Totals(state["totals"])
+        self.epoch, self.step, self.totals = state["epoch"], state["step"], self._totals(state["totals"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        truncate_csv(self.out / "history.csv", state["history_rows"])
-        self._write_config()
+        if self.world.main:
+            truncate_csv(self.out / "history.csv", state["history_rows"])
+            self._write_config()
 
     def _stretch_schedule(self) -> None:
         """After a resume with more epochs: the weights' cosine over the new total, from the epoch the run is at."""

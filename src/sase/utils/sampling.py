@@ -24,15 +24,21 @@ def _mix(*values: int) -> int:
 
 
 class SeededBatches(Sampler[list[Key]]):
-    """Shuffled batches of `indices`, the same for the same (seed, epoch), startable at batch `start`."""
+    """Shuffled batches of `indices`, the same for the same (seed, epoch), startable at batch `start`.
+
+    With `shard=(rank, processes)` each batch is the global batch's share of process `rank` (every
+    processes-th sample from the rank-th): the processes of a torchrun together see exactly the batches
+    one process would, in the same order, each sample once.
+    """
 
     def __init__(self, indices: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = True) -> None:
+                 drop_last: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
         if len(indices) < batch_size and drop_last:
             raise ValueError(f"{len(indices)} samples cannot fill one batch of {batch_size}; "
                              "lower the batch size or add data")
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.rank, self.processes = shard
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -52,7 +58,8 @@ class SeededBatches(Sampler[list[Key]]):
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
             order = order[torch.randperm(len(order), generator=g)]
         for b in range(self.start, self.batches()):
-            yield [(int(i), self.epoch) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.processes]
+            yield [(int(i), self.epoch) for i in batch]
 
 
 class SeededSamples(Dataset):

@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import NoReturn, Sequence
 
-from ..utils.distributed import world
+from ..utils.distributed import leave, world
 from . import compare, demo, pipeline, search
 from . import eval as eval_
 from . import train
@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"sase {args.command}: error: {describe(err)}", file=sys.stderr)
         return 2
+    finally:
+        leave()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,13 @@ resumes into the copy), with the settings saved in it. Flags given with --resume
 cannot change the result (--workers, --device, --checkpoint-every, --download), --epochs may grow (the
 cosine is re-stretched over the new total from where the run stands), and any other flag that differs
 from the saved run is refused.
+
+Several GPUs: `torchrun --nproc_per_node 4 -m sase train ...` trains one run on 4 processes (one GPU
+each; gloo processes with --device cpu). --batch-size stays the global batch, each process taking
+batch-size / 4 of it, so the learning rate needs no change; gradients are averaged, rank 0 writes the
+files. Across nodes add torchrun's --nnodes and --rdzv-backend c10d --rdzv-endpoint HOST:PORT, with --out
+on a file system every node sees. --sync-bn computes BatchNorm statistics over the global batch. A run
+resumes (--resume) on any number of processes.
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ from typing import Any
 
 from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
 from ..train.plots import si
+from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
+from ..utils.distributed import broadcast_object, check_batch, setup, world
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
@@ -30,7 +39,7 @@ FLAGS = {
     "dataset": "dataset: digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder",
     "data": "dataset root folder (CIFAR python files, or an ImageFolder with train/ and val/)",
     "epochs": "training epochs",
-    "batch_size": "batch size",
+    "batch_size": "batch size; under torchrun the global batch, split evenly over the processes",
     "lr": "peak learning rate (SGD)",
     "lr_min": "learning rate at the end of the cosine",
     "momentum": "SGD momentum, in [0, 1)",
@@ -59,6 +68,8 @@ def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
                    help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (default: float32)")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="under torchrun: BatchNorm statistics over "
+                   "the global batch (SyncBatchNorm, CUDA only), not over each process's share of it")
     p.add_argument("--preset", choices=sorted(PRESETS), help="imagenet: the SASE paper's ImageNet recipe (Wang et "
                    "al., 2024: ResNet-50, 100 epochs, lr 0.1, wd 1e-4, label smoothing 0.1, clip 5); cifar: the common "
                    "CIFAR ResNet recipe (He et al., 2016, in cosine form: ResNet-56, 200 epochs); flags given "
@@ -95,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume needs --out, the folder of the run to resume")
         config = TrainConfig.resumed(args.out, given_settings(args), preset=args.preset)
     else:
-        config = config_from_args(args, **({} if args.out else {"out": time.strftime("runs/train-%Y%m%d-%H%M%S")}))
+        config = config_from_args(args)
+    check_batch(config.batch_size)  # before the processes meet and anything is printed
+    if args.out is None:
+        config = replace(config, out=default_out(config))
+    w = world()  # under torchrun the command line prints rank 0's lines alone
+    split = f" over {w.size} processes" if w.distributed else ""
     print(f"training: {config.model} + {config.attention} on {config.dataset}, {config.epochs} epochs, batch "
-          f"{config.batch_size}, lr {config.lr}, {config.amp or 'float32'} -> {config.out}")
+          f"{config.batch_size}{split}, lr {config.lr}, {config.amp or 'float32'} -> {config.out}")
     try:
         result = run_train(config, resume=args.resume, progress=not args.quiet)
     except TrainingDiverged as err:
@@ -108,3 +124,9 @@ def run(args: argparse.Namespace) -> int:
           f"training; files in {result.out}/ (model.safetensors, checkpoint.pt, history.csv, summary.json, "
           "config.json)")
     return 0
+
+
+def default_out(config: TrainConfig) -> str:
+    """runs/train-<date>-<time>; under torchrun rank 0's, so that every process writes into one folder."""
+    setup(resolve_device(config.device))  # join the others (nothing without torchrun)
+    return broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S"))

@@ -12,6 +12,11 @@ OUT/comparison.md, comparison.json and comparison.png hold the result: the mean 
 its t interval, and each attention's difference to none and to the best hand-designed module, paired
 by seed (a seed fixes the data order and augmentation for every attention, so pairing removes that share
 of the noise).
+
+The cells can be spread over separate jobs: `run_shard(..., shard=(K, N))` trains cell i (entries by
+seeds, in the table's order) when i % N == K - 1 and writes no table; a `run_compare` afterwards reads
+them all and tables them. Under torchrun every process walks the same cells, each trained by all of
+them together (see sase.train.loop); rank 0 alone prints, times inference and writes the table.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import os
 import re
 import statistics
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +35,7 @@ from ..attention import ATTENTIONS
 from ..genotype import Genotype, random_genotypes
 from ..search.verdict import VERDICT, read_verdict
 from ..stage_genotypes import genotype_or_stages
+from ..utils.distributed import broadcast_object, world
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, load_model, resolve_genotype
 from .loop import SUMMARY, run_train
@@ -41,6 +48,7 @@ INFER_SECONDS = 1.0  # timing window per attention (at least 3 passes): long eno
 RANDOM = "random:"  # `random:K` in a list of attentions: K genotypes drawn uniformly from the search space
 UNDECIDED = " (undecided)"  # suffix of the shown label of a block whose search left α undecided
 HAND_DESIGNED = tuple(n for n in ATTENTIONS if n not in ("none", "sase"))  # published modules, not searched
+SHARD_FORM = "--shard takes K/N, share K of N shares of the cells (1 <= K <= N), e.g. 1/4"
 UNDECIDED_NOTE = ("(undecided): the search ended with α undecided on some edge: this block is close to a random "
                   "pick, not a searched result.")
 
@@ -115,8 +123,7 @@ def random_entries(k: int, out: str | os.PathLike, seed: int) -> list[Entry]:
     for i, genotype in enumerate(random_genotypes(k, seed), start=1):
         path = folder / f"random-{i}.json"
         if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            genotype.to_json(path)
+            write_whole(path, genotype.to_json() + "\n")
         elif Genotype.from_json(path) != genotype:
             raise ValueError(f"{path} holds another genotype than random seed {seed} draws; use the random seed "
                              f"recorded in {Path(out) / 'compare.json'}, or another output folder")
@@ -200,38 +207,107 @@ def _same_run(saved: TrainConfig, config: TrainConfig, summary: dict[str, Any]) 
     return wanted is not None and recorded is not None and genotype_or_stages(recorded) == wanted
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One (attention, seed) training run of a comparison."""
+
+    entry: Entry
+    seed: int
+    folder: Path
+
+
+def cells(entries: Sequence[Entry], seeds: Sequence[int], out: str | Path) -> list[Cell]:
+    """Every cell of a comparison, in the table's order: by entry, then by seed."""
+    return [Cell(e, s, Path(out) / "cells" / f"{e.slug}-seed{s}") for e in entries for s in seeds]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """(K, N) from "K/N", 1 <= K <= N: the K-th of N shares of the cells."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdecimal() and n.strip().isdecimal() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"{SHARD_FORM}; got {text!r}")
+    return int(k), int(n)
+
+
+def train_cells(base: TrainConfig, todo: Sequence[Cell], progress: bool = True) -> list[dict[str, Any]]:
+    """The summary of each cell under `base`: read when finished, else trained or resumed."""
+    summaries = []
+    for i, cell in enumerate(todo):
+        if progress and world().main:
+            done = (cell.folder / SUMMARY).exists()
+            tqdm.write(f"[{i + 1}/{len(todo)}] {shown_label(cell.entry.label, search_verdict(cell.entry.attention))} "
+                       f"seed {cell.seed}: {'finished, read from' if done else 'training in'} {cell.folder}")
+        config = replace(base, attention=cell.entry.attention, seed=cell.seed, out=str(cell.folder))
+        summaries.append(train_cell(config, progress))
+    return summaries
+
+
 def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
                 progress: bool = True, random_seed: int = 0) -> list[Row]:
     """Train (or read) every (entry, seed) cell under `base`, then write the table, JSON and plot to `out`.
 
-    `random_seed` is the seed the random entries were drawn with, recorded in OUT/compare.json.
+    `random_seed` is the seed the random entries were drawn with, recorded in OUT/compare.json. Under
+    torchrun every process returns the rows rank 0 built.
     """
+    out = _start(base, entries, seeds, out, random_seed)
+    todo = cells(entries, seeds, out)
+    summaries = train_cells(base, todo, progress)
+    rows = None
+    if world().main:
+        n = len(seeds)  # each entry's cells follow one another, one per seed
+        rows = [_row(todo[i].entry, summaries[i:i + n], todo[i].folder) for i in range(0, len(todo), n)]
+        write_report(rows, base, seeds, out)
+    return broadcast_object(rows)
+
+
+def run_shard(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
+              shard: tuple[int, int], progress: bool = True, random_seed: int = 0) -> list[Cell]:
+    """Train (or read) the cells of share K of N, `shard` = (K, N): cell i when i % N == K - 1; no table.
+
+    Returns those cells. A `run_compare` with the same arguments afterwards reads them and tables them.
+    """
+    k, n = shard
+    if not 1 <= k <= n:
+        raise ValueError(f"{SHARD_FORM}; got {k}/{n}")
+    out = _start(base, entries, seeds, out, random_seed)
+    mine = [c for i, c in enumerate(cells(entries, seeds, out)) if i % n == k - 1]
+    train_cells(base, mine, progress)
+    return mine
+
+
+def _start(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
+           random_seed: int) -> Path:
+    """OUT/compare.json, the comparison's settings (by rank 0)."""
     if not seeds:
         raise ValueError("no seed given; e.g. --seeds 0,1")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({"recipe": asdict(base), "attentions": [asdict(e) for e in entries],
-                                                  "seeds": list(seeds), "random_seed": random_seed}, indent=2) + "\n")
-    rows = []
-    for i, entry in enumerate(entries):
-        decided = search_verdict(entry.attention)
-        summaries, folders = [], []
-        for seed in seeds:
-            folder = out / "cells" / f"{entry.slug}-seed{seed}"
-            done = (folder / SUMMARY).exists()
-            if progress:
-                tqdm.write(f"[{i + 1}/{len(entries)}] {shown_label(entry.label, decided)} seed {seed}: "
-                           f"{'finished, read from' if done else 'training in'} {folder}")
-            summaries.append(train_cell(replace(base, attention=entry.attention, seed=seed, out=str(folder)),
-                                        progress))
-            folders.append(folder)
-        model, spec = load_model(folders[0] / SAFETENSORS)
-        rows.append(Row(entry.label, entry.attention, [s["top1"] for s in summaries], summaries[0]["parameters"],
-                        summaries[0]["macs"], statistics.fmean(s["train_images_per_s"] for s in summaries),
-                        inference_throughput(model, spec.image_size, INFER_BATCH, spec.in_chans,
-                                             min_seconds=INFER_SECONDS), decided))
-    write_report(rows, base, seeds, out)
-    return rows
+    if world().main:
+        settings = {"recipe": asdict(base), "attentions": [asdict(e) for e in entries], "seeds": list(seeds),
+                    "random_seed": random_seed}
+        write_whole(out / "compare.json", json.dumps(settings, indent=2) + "\n")
+    return out
+
+
+def _row(entry: Entry, summaries: Sequence[dict[str, Any]], folder: Path) -> Row:
+    """An entry's line of the table, from its cells' summaries; inference timed on the model in `folder`."""
+    model, spec = load_model(folder / SAFETENSORS)
+    return Row(entry.label, entry.attention, [s["top1"] for s in summaries], summaries[0]["parameters"],
+               summaries[0]["macs"], statistics.fmean(s["train_images_per_s"] for s in summaries),
+               inference_throughput(model, spec.image_size, INFER_BATCH, spec.in_chans, min_seconds=INFER_SECONDS),
+               search_verdict(entry.attention))
+
+
+def write_whole(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary file renamed over it: the shards of a job array and the
+    processes of a torchrun may write the same file at once, and a reader must find a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # a name of its own on every node and process
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def references(rows: Sequence[Row]) -> dict[str, Row]:
@@ -296,6 +372,7 @@ def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], o
     recipe = (f"{base.model} on {base.dataset}, {base.epochs} epochs, batch {base.batch_size}, SGD lr {base.lr} "
               f"(warm-up {base.warmup_epochs} epochs, cosine), weight decay {base.weight_decay}, label smoothing "
               f"{base.label_smoothing}, clip {base.grad_clip}, {amp}"
+              + (", BatchNorm synchronised across processes" if base.sync_bn else "")
               + (f", at most {base.steps_per_epoch} steps per epoch" if base.steps_per_epoch else "")
               + f"; seeds {', '.join(map(str, seeds))}")
     notes = [
@@ -326,5 +403,6 @@ def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], o
                     out / "comparison.png", title=f"{base.model} on {base.dataset}, {len(seeds)} seed(s)", level=LEVEL)
 
 
-__all__ = ["HAND_DESIGNED", "Entry", "Row", "differences", "markdown_table", "parse_entries", "random_entries",
-           "references", "run_compare", "search_verdict", "shown_label", "train_cell", "write_report"]
+__all__ = ["HAND_DESIGNED", "Cell", "Entry", "Row", "cells", "differences", "markdown_table", "parse_entries",
+           "parse_shard", "random_entries", "references", "run_compare", "run_shard", "search_verdict", "shown_label",
+           "train_cell", "train_cells", "write_report"]

@@ -32,7 +32,7 @@ class TrainConfig(RunConfig):
     download: bool = False  # fetch CIFAR when it is not on disk (needs internet)
     image_size: int | None = None  # None: the dataset's own size (digits 16, CIFAR 32, folders 224)
     epochs: int = 8  # digits reach ~97% top-1 in this many; the paper trains ImageNet for 100
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: under torchrun each of N processes takes batch_size / N of it
     seed: int = 0  # initialisation, data order and augmentation all follow from it
     # SGD with linear warm-up, then cosine decay, stepped every iteration
     lr: float = 0.1  # peak learning rate, reached at the end of the warm-up
@@ -44,6 +44,9 @@ class TrainConfig(RunConfig):
     label_smoothing: float = 0.0  # the paper: 0.1 on ImageNet
     grad_clip: float = 5.0  # max gradient norm (the paper's 5); 0 disables
     amp: str | None = None  # None: float32; "bf16" autocast; "fp16" autocast with a gradient scaler
+    # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) rather than over each
+    # process's share of it; one process sees the whole batch either way
+    sync_bn: bool = False
     steps_per_epoch: int | None = None  # cap on training steps per epoch (None: the whole training split)
     checkpoint_every: int = 500  # steps between checkpoints (one is also written at every epoch end)
     workers: int = 0  # DataLoader worker processes; 0 loads in the main process (right for in-memory sets)

@@ -14,6 +14,15 @@ new total: from the step it stopped at, the learning rate is the one a run start
 number of epochs would have there (a finished run's lr thus rises from lr_min to that value, then
 decays to lr_min at the new end); the steps already taken keep the learning rates they had, and the
 warm-up is unchanged. Fewer epochs are refused.
+
+Under torchrun (`torchrun --nproc_per_node N -m sase train ...`) the N processes make one run.
+`batch_size` stays the global batch: each process takes its share of every batch (`SeededBatches`
+shards it) and DistributedDataParallel averages the gradients, so the run takes the steps one process
+would, on the same images; only BatchNorm differs, normalising over each process's share unless
+`sync_bn`. The logged training loss and top-1 are summed over the processes, and each evaluates a shard
+of the validation set. Rank 0 writes every file; before each evaluation rank 0's BatchNorm statistics,
+which are the run's, are given to every process. The checkpoint holds the model without its DDP
+wrapper, so a run resumes on any number of processes.
 """
 from __future__ import annotations
 
@@ -28,18 +37,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data import build_dataset
-from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..data import DataSpec, build_dataset
+from ..utils.checkpoint import rng_state, save_atomic, set_rng_state
+from ..utils.distributed import barrier, broadcast_buffers, broadcast_object, check_batch, setup, world
 from ..utils.folders import check_out, make_out
 from ..utils.sampling import SeededBatches, SeededSamples
 from ..utils.totals import LOG_EVERY, Totals
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
 from .log import EpochLog, read_csv
-from .metrics import EvalResult, count_flops, count_parameters, evaluate, top_k
+from .metrics import EvalResult, count_flops, count_parameters, evaluate, shard, top_k
 from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, resolve_device
 
 SUMMARY = "summary.json"
@@ -65,51 +77,95 @@ class Trainer:
     """A training run in `config.out`, fresh or resumed from its checkpoint."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
+        self.world = world()
+        self.config, self.progress = config, progress and self.world.main  # one progress bar per run: rank 0's
         self.out = check_out(config.out)
-        self.device = resolve_device(config.device)
+        batch = check_batch(config.batch_size)  # before joining the others: a batch that cannot split fails at once
+        device = resolve_device(config.device)
+        if config.sync_bn and self.world.distributed and device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU; drop the "
+                             "flag, or train on GPUs")
         if not resume and (self.out / CHECKPOINT).exists():  # before the data: scanning ImageNet takes a while
             raise FileExistsError(f"{self.out} already holds a training run; resume it with --resume or pick "
                                   "another --out")
+        self.device = setup(device)
         saved = self.config.resume_state(CHECKPOINT) if resume else None
-        self.train_set, data = build_dataset(config.dataset, config.data, train=True, augment=True,
-                                             image_size=config.image_size, download=config.download)
-        val_set, _ = build_dataset(config.dataset, config.data, train=False, image_size=config.image_size,
-                                   download=config.download)
+        self.train_set, val_set, data = self._datasets()
         # the saved spec holds the genotype itself: a genotype file edited since the start cannot change the model
         self.spec = ModelSpec.from_dict(saved["model_spec"]) if saved else ModelSpec.create(
             config.model, config.attention, data.num_classes, data.image_size, config.dataset)
-        torch.manual_seed(config.seed)
-        self.model = self.spec.build().to(self.device)
-        pin = self.device.type == "cuda"
-        if pin:
-            torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
-        self.batches = SeededBatches(range(len(self.train_set)), config.batch_size, config.seed)
-        self.loader = DataLoader(SeededSamples(self.train_set, config.seed), batch_sampler=self.batches,
-                                 num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=pin)
-        self.val_loader = DataLoader(val_set, batch_size=2 * config.batch_size, num_workers=config.workers,
-                                     pin_memory=pin)
+        self.net = self._build_net()  # the model itself: what is saved, exported and evaluated
+        self._loaders(val_set, batch)
         self.steps = self.batches.batches() if config.steps_per_epoch is None else \
             min(self.batches.batches(), config.steps_per_epoch)
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.net, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps)
         self.scaler = build_scaler(config.amp, self.device)
-        self.epoch, self.step, self.totals = 0, 0, Totals()
+        self.epoch, self.step, self.totals = 0, 0, self._totals()
         if saved is None:
             self._start_folder()
         else:
             self._restore(saved)
-        self.log = EpochLog(self.out, resume_rows=None if saved is None else saved["history_rows"])
+        self.log: EpochLog | None = EpochLog(self.out, resume_rows=None if saved is None else saved["history_rows"]) \
+            if self.world.main else None  # rank 0's alone
+        self.model = self._parallel(self.net)  # what takes the training steps
+
+    def _datasets(self) -> tuple[Dataset, Dataset, DataSpec]:
+        """The training set, the validation set and their spec; with --download under torchrun rank 0 builds
+        them first, so that the files are fetched once."""
+        c, first = self.config, self.config.download and self.world.distributed
+        if first and not self.world.main:
+            barrier()
+        train_set, data = build_dataset(c.dataset, c.data, train=True, augment=True, image_size=c.image_size,
+                                        download=c.download)
+        val_set, _ = build_dataset(c.dataset, c.data, train=False, image_size=c.image_size, download=c.download)
+        if first and self.world.main:
+            barrier()
+        return train_set, val_set, data
+
+    def _build_net(self) -> nn.Module:
+        """The model on this process's device, its BatchNorms synchronised across processes when `sync_bn`."""
+        torch.manual_seed(self.config.seed)  # the same initial weights on every process
+        net = self.spec.build()
+        if self.config.sync_bn and self.world.distributed:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # the same parameters and buffers, in new modules
+        return net.to(self.device)
+
+    def _loaders(self, val_set: Dataset, batch: int) -> None:
+        """This process's training batches (its share of each global batch) and its shard of the validation set."""
+        c, w, pin = self.config, self.world, self.device.type == "cuda"
+        if pin:
+            torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
+        self.batches = SeededBatches(range(len(self.train_set)), c.batch_size, c.seed, shard=(w.rank, w.size))
+        self.loader = DataLoader(SeededSamples(self.train_set, c.seed), batch_sampler=self.batches,
+                                 num_workers=c.workers, persistent_workers=c.workers > 0, pin_memory=pin)
+        self.val_loader = DataLoader(shard(val_set, w.rank, w.size), batch_size=2 * batch, num_workers=c.workers,
+                                     pin_memory=pin)
+
+    def _parallel(self, net: nn.Module) -> nn.Module:
+        """`net` itself in one process; under torchrun wrapped by DistributedDataParallel, which starts every
+        process from rank 0's weights, averages the gradients during backward and gives every forward rank 0's
+        BatchNorm statistics."""
+        if not self.world.distributed:
+            return net
+        return DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _totals(self, saved: dict[str, float] | None = None) -> Totals:
+        """The running sums of an epoch; under torchrun read as sums over every process."""
+        return Totals(saved, across_processes=self.world.distributed)
 
     # -- the run
     def run(self) -> TrainResult:
         try:
             for epoch in range(self.epoch, self.config.epochs):
                 self._train_epoch(epoch)
-                self._end_epoch(epoch, evaluate(self.model, self.val_loader, self.device, self.config.amp))
+                broadcast_buffers(self.net)  # every process evaluates with rank 0's BatchNorm statistics
+                self._end_epoch(epoch, evaluate(self.net, self.val_loader, self.device, self.config.amp,
+                                                across_processes=self.world.distributed))
             return self._finish()
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
 
     def _train_epoch(self, epoch: int) -> None:
         self.batches.set_epoch(epoch, self.step)
@@ -129,7 +185,8 @@ class Trainer:
                 self._check_finite(epoch)  # before a checkpoint: a diverged run never overwrites the last good one
                 bar.set_postfix(loss=f"{t.mean('loss'):.3f}", top1=f"{t.mean('correct'):.3f}")
                 now = time.perf_counter()  # after the read: the device has finished the steps timed
-                t.add("seconds", now - tick)
+                # a share per process: the sum over the processes is their mean time, not N times it
+                t.add("seconds", (now - tick) / self.world.size)
                 tick = now
             if checkpoint:
                 self._save()
@@ -148,13 +205,13 @@ class Trainer:
         if self.scaler is None:
             loss.backward()
             if clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
             self.optimizer.step()
         else:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             if clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
             self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()
         with warnings.catch_warnings():
@@ -181,8 +238,9 @@ class Trainer:
                "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6), f"val_top{val.k}": round(val.topk, 6),
                "seconds": round(t.get("seconds", 0.0), 3),
                "images_per_s": round(t.get("seen", 0) / max(t.get("seconds", 0.0), 1e-9), 1)}
-        self.log.write(row)
-        self.epoch, self.step, self.totals = epoch + 1, 0, Totals()
+        if self.log is not None:
+            self.log.write(row)
+        self.epoch, self.step, self.totals = epoch + 1, 0, self._totals()
         self._save()
         if self.progress:
             tqdm.write(f"epoch {epoch + 1}/{self.config.epochs}: train loss {row['train_loss']:.4f} top-1 "
@@ -190,13 +248,17 @@ class Trainer:
                        f"{val.topk:.4f} | {row['images_per_s']:.0f} img/s")
 
     def _finish(self) -> TrainResult:
-        save_safetensors(self.model, self.spec, self.out / SAFETENSORS)
+        """Every process returns rank 0's result, once rank 0 has written model.safetensors and summary.json."""
+        return broadcast_object(self._write_result() if self.world.main else None)
+
+    def _write_result(self) -> TrainResult:
+        save_safetensors(self.net, self.spec, self.out / SAFETENSORS)
         rows = read_csv(self.out / "history.csv")
         last = rows[-1]
         k = top_k(self.spec.num_classes)
-        flops = count_flops(self.model, self.spec.image_size, self.spec.in_chans)
+        flops = count_flops(self.net, self.spec.image_size, self.spec.in_chans)
         result = TrainResult(self.out, float(last["val_top1"]), float(last[f"val_top{k}"]), k,
-                             float(last["val_loss"]), count_parameters(self.model), flops,
+                             float(last["val_loss"]), count_parameters(self.net), flops,
                              sum(float(r["seconds"]) for r in rows))
         summary = {**{key: v for key, v in asdict(result).items() if key != "out"}, "macs": flops // 2,
                    "epochs": len(rows),
@@ -209,33 +271,45 @@ class Trainer:
 
     # -- folder and checkpoint
     def _start_folder(self) -> None:
-        make_out(self.out)
-        (self.out / SUMMARY).unlink(missing_ok=True)  # a summary marks a finished run; this one is not
-        self._write_config()
+        if self.world.main:
+            make_out(self.out)
+            (self.out / SUMMARY).unlink(missing_ok=True)  # a summary marks a finished run; this one is not
+            self._write_config()
+        barrier()  # from here on the folder exists, fresh, for every process
 
     def _write_config(self) -> None:
-        """config.json: on resume too, so that it names this folder and the epochs the run now has."""
-        (self.out / "config.json").write_text(self.config.to_json() + "\n")
+        """config.json (by rank 0): on resume too, so that it names this folder and the epochs the run now has."""
+        if self.world.main:
+            (self.out / "config.json").write_text(self.config.to_json() + "\n")
 
     def _save(self) -> None:
+        """The checkpoint, written by rank 0; every process must call it (it reads the sums over them).
+
+        Its BatchNorm statistics are rank 0's, the run's, with no broadcast needed: DDP gives them to every
+        process at each training forward, and `run` before each evaluation.
+        """
+        totals = dict(self.totals.read())
+        if self.log is None:  # not rank 0
+            return
         save_atomic({
             "config": asdict(self.config), "model_spec": asdict(self.spec),
-            "epoch": self.epoch, "step": self.step, "totals": dict(self.totals.read()),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "totals": totals,
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": rng_state(), "history_rows": self.log.rows(),
         }, self.out / CHECKPOINT)
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
+        self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self._stretch_schedule()
         if self.scaler is not None:
             self.scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
-        self.epoch, self.step, self.totals = saved["epoch"], saved["step"], Totals(saved["totals"])
+        # the saved sums are already over every process: each process starts from them and adds its own share
+        self.epoch, self.step, self.totals = saved["epoch"], saved["step"], self._totals(saved["totals"])
         self._write_config()
 
     def _stretch_schedule(self) -> None:

@@ -4,6 +4,9 @@ FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one image: it c
 multiply-add of convolutions and matrix products and nothing for elementwise ops, pooling or
 normalisation. Papers' "FLOPs" for ResNets (4.1 G for ResNet-50) are multiply-adds, so both are
 reported: `flops` and `macs` = flops / 2.
+
+Under torchrun each process evaluates its `shard` of the evaluation set and `evaluate` sums the counts
+over the processes, so every image is counted once and every process gets the same figures.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..utils.totals import Totals
@@ -43,13 +46,30 @@ class EvalResult:
     images: int
 
 
+def shard(dataset: Dataset, rank: int, processes: int) -> Dataset:
+    """Process `rank`'s share of an evaluation set: every processes-th image from the rank-th, so that the
+    processes together hold each image once (the whole set itself for one process)."""
+    if processes == 1:
+        return dataset
+    return Subset(dataset, range(rank, len(dataset), processes))  # type: ignore[arg-type]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None) -> EvalResult:
-    """Loss, top-1 and top-k of `model` over `loader`, in eval mode (restores the previous mode)."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None,
+             across_processes: bool = False) -> EvalResult:
+    """Loss, top-1 and top-k of `model` over `loader`, in eval mode (restores the previous mode).
+
+    `across_processes`: `loader` holds this process's shard, and the sums are taken over every process
+    (each must call this at the same point).
+    """
     was_training = model.training
     model.eval()
     k = None
-    totals = Totals()  # summed on the device, read once at the end
+    totals = Totals(across_processes=across_processes)  # summed on the device, read once at the end
+    for name in ("loss", "top1", "topk"):
+        # started on every process, so that each reduces the same sums, even one whose shard is empty
+        totals.add(name, torch.zeros((), device=device))
+    totals.add("seen", 0)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(amp, device):

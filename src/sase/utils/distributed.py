@@ -34,6 +34,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    torchrun: bool = False  # started by torchrun: the process group is joined even by a single process
 
     @property
     def main(self) -> bool:
@@ -42,7 +43,8 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """Whether this run goes through the process group (and DistributedDataParallel)."""
+        return self.size > 1 or self.torchrun
 
 
 def world() -> World:
@@ -51,7 +53,7 @@ def world() -> World:
     try:
         size = int(env.get("WORLD_SIZE", 1))
         return World(rank=int(env.get("RANK", 0)), size=size, local_rank=int(env.get("LOCAL_RANK", 0)),
-                     local_size=int(env.get("LOCAL_WORLD_SIZE", size)))
+                     local_size=int(env.get("LOCAL_WORLD_SIZE", size)), torchrun="TORCHELASTIC_RUN_ID" in env)
     except ValueError:
         raise ValueError("RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers (torchrun sets them)") \
             from None
@@ -95,6 +97,12 @@ def setup(device: torch.device) -> torch.device:
             raise ValueError(f"process {w.rank} of {w.size} could not reach the others within {seconds} s "
                              f"({TIMEOUT_ENV} sets it): {reason}") from None
     return device
+
+
+def leave() -> None:
+    """Leave the process group at the end of a command (NCCL warns of leaked resources otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_batch(batch_size: int, what: str = "--batch-size") -> int:

@@ -8,9 +8,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

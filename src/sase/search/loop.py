@@ -311,8 +311,7 @@ class Search:
 
     def _save(self) -> None:
         totals = dict(self.totals.read())  # on every process: the read sums over them
-        broadcast_buffers(self.model)  # the checkpoint holds rank 0's BatchNorm statistics, as do all processes
-        if not self.world.main:
+        if not self.world.main:  # rank 0's BatchNorm statistics are the run's: it saves its own
             return
         save_atomic({
             "config": asdict(self.config), "epoch": self.epoch, "step": self.step,

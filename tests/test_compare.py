@@ -16,8 +16,9 @@ from sase import Genotype
 from sase.cli import main
 from sase.genotype import random_genotypes
 from sase.train import TrainConfig, Trainer, run_train
+from sase.train.cells import search_verdict, shown_label
 from sase.train.compare import (UNDECIDED_NOTE, Entry, Row, markdown_table, parse_entries, random_entries, run_compare,
-                                search_verdict, shown_label, write_report)
+                                write_report)
 from sase.utils.checkpoint import load_checkpoint
 from helpers import interrupt_after
 
@@ -297,3 +298,21 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert main(args) == 0
     assert "search: finished" in capsys.readouterr().out
     assert (out / "search" / "checkpoint.pt").stat().st_mtime_ns == search_mtime and mtimes(out) == before
+
+
+def test_cells_trained_in_parallel_equal_those_trained_in_turn(tmp_path, capsys):
+    """Two cells at a time, each in its own one-thread process, give bit for bit what one process gives."""
+    entries = parse_entries("none,se")
+    config = replace(TINY_CONFIG, epochs=1)
+    rows = {jobs: run_compare(config, entries, [0], tmp_path / f"jobs{jobs}", progress=True, jobs=jobs)
+            for jobs in (1, 2)}
+    assert "2 at a time" in capsys.readouterr().out
+    assert [r.top1 for r in rows[1]] == [r.top1 for r in rows[2]]
+    for name in ("none-seed0", "se-seed0"):
+        one, two = (load_checkpoint(tmp_path / f"jobs{j}" / "cells" / name / "checkpoint.pt")["model"] for j in (1, 2))
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_jobs_must_be_positive(tmp_path, capsys):
+    assert main(["compare", *TINY, "--attentions", "none", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err

@@ -223,3 +223,24 @@ def test_mixed_precision_search_runs_resumes_and_keeps_alpha_float32(tmp_path, a
     assert all(0 <= float(r["val_acc"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
     assert json.loads((out / "config.json").read_text())["amp"] == amp
     assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+
+
+def test_evaluation_recomputes_batchnorm_statistics_for_the_current_weights(tmp_path):
+    """Running statistics that trail the weights (here: wrecked on purpose) must not reach the evaluation:
+    before it, each BatchNorm's running mean becomes the mean of its batch means over the weights' half."""
+    search = Search(replace(TINY, out=str(tmp_path / "run")), progress=False)
+    stem_bn = search.model.net.bn1
+    for module in search.model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.fill_(1e3)
+            module.running_var.fill_(1e-6)
+    inputs = []
+    handle = stem_bn.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    loss, accuracy = search.evaluate()
+    handle.remove()
+    assert 0 <= loss < 10 and 0 <= accuracy <= 1  # wrecked statistics give a loss in the thousands or NaN
+    images = min(len(search.fit_idx), 1024)
+    loader_batches = -(-images // max(2 * TINY.batch_size, 256))
+    batch_means = [x.mean((0, 2, 3)) for x in inputs[:loader_batches]]  # the recalibration's passes come first
+    assert sum(len(x) for x in inputs[:loader_batches]) == images
+    torch.testing.assert_close(stem_bn.running_mean, torch.stack(batch_means).mean(0))

@@ -34,8 +34,8 @@ import argparse
 import sys
 
 from ..train import TrainingDiverged
-from ..train.compare import (Cell, markdown_table, parse_entries, parse_shard, run_compare, run_shard, search_verdict,
-                              shown_label)
+from ..train.cells import Cell, check_jobs, default_jobs, parse_shard, search_verdict, shown_label
+from ..train.compare import markdown_table, parse_entries, run_compare, run_shard
 from ..utils.distributed import check_batch
 from ..utils.folders import check_out
 from .train import add_recipe_flags, config_from_args
@@ -53,9 +53,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-seed", type=int, default=0, help="seed of the random:K genotypes (default: 0)")
     add_recipe_flags(p, skip=("attention", "seed", "out"))
     p.add_argument("--out", default="runs/compare", help="comparison folder (default: runs/compare)")
+    add_jobs_flag(p)
     p.add_argument("--shard", metavar="K/N", help="train only share K of N of the cells and write no table: one "
                    "task of a job array (see above); a final call without --shard tables them")
     p.set_defaults(command="compare")
+
+
+def add_jobs_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, help="cells trained at once, each in its own process with an equal share of "
+                   "the threads (default: one per CPU core when training on the CPU, 1 on a GPU and under torchrun)")
+
+
+def jobs_from_args(args: argparse.Namespace, device: str) -> int:
+    jobs = default_jobs(device) if args.jobs is None else args.jobs
+    check_jobs(jobs)
+    return jobs
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     shard = None if args.shard is None else parse_shard(args.shard)
     base = config_from_args(args, out=args.out)
     check_batch(base.batch_size)  # before compare.json: a batch that cannot split over the processes writes nothing
+    jobs = jobs_from_args(args, base.device)
     entries = parse_entries(args.attentions, out=args.out, random_seed=args.random_seed)
     shown = ", ".join(shown_label(e.label, search_verdict(e.attention)) for e in entries)
     print(f"comparing {shown} on {base.model} / {base.dataset}, {base.epochs} epochs, "
@@ -81,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if shard is not None:
             done = run_shard(base, entries, seeds, args.out, shard, progress=not args.quiet,
-                             random_seed=args.random_seed)
+                             random_seed=args.random_seed, jobs=jobs)
         else:
-            rows = run_compare(base, entries, seeds, args.out, progress=not args.quiet, random_seed=args.random_seed)
+            rows = run_compare(base, entries, seeds, args.out, progress=not args.quiet, random_seed=args.random_seed,
+                               jobs=jobs)
     except TrainingDiverged as err:
         print(f"sase compare: {err}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from ..search import SearchConfig, SearchDiverged, ensure_search
 from ..train import TrainConfig, TrainingDiverged
 from ..train.compare import markdown_table, parse_entries, run_compare
 from ..utils.folders import check_out
-from .compare import parse_seeds
+from .compare import add_jobs_flag, jobs_from_args, parse_seeds
 
 # The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 20-30 min on 2 CPU cores.
 DATASET = "cluttered-digits"
@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help=f"input size, search and training "
                    f"(default: {IMAGE_SIZE})")
     p.add_argument("--random-seed", type=int, default=0, help="seed of the random genotypes (default: 0)")
+    add_jobs_flag(p)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(command="pipeline")
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out)  # before the search: a pipeline folder that cannot be written fails at once
     search_config, base = configs(args)
     seeds = parse_seeds(args.seeds)
+    jobs = jobs_from_args(args, base.device)
     print(f"pipeline: search ({search_config.epochs} epochs, order {search_config.order}) on {base.dataset} -> "
           f"{search_config.out}; then compare found, {', '.join(BASELINES)} ({base.epochs} epochs x seeds "
           f"{args.seeds}) -> {out}", flush=True)
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             print(result.verdict.warning(), file=sys.stderr)
         found = out / "search" / ("genotypes_per_stage.json" if search_config.per_stage else "genotype.json")
         entries = parse_entries([f"found={found}", *BASELINES], out=out, random_seed=args.random_seed)
-        rows = run_compare(base, entries, seeds, out, progress=not args.quiet, random_seed=args.random_seed)
+        rows = run_compare(base, entries, seeds, out, progress=not args.quiet, random_seed=args.random_seed, jobs=jobs)
     except (SearchDiverged, TrainingDiverged) as err:
         print(f"sase pipeline: {err}", file=sys.stderr)
         return 1

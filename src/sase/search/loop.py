@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
@@ -54,6 +55,8 @@ from .verdict import VERDICT, Verdict, judge, verdict_columns
 
 CHECKPOINT = "checkpoint.pt"
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
+# images of the weights' half whose batch statistics replace BatchNorm's running ones before every evaluation
+RECALIBRATION_IMAGES = 1024
 
 
 class SearchDiverged(RuntimeError):
@@ -197,9 +200,21 @@ class Search:
             self.scaler.update()
         return loss.detach(), (logits.argmax(1) == y).sum()
 
+    def recalibrate_batchnorm(self) -> None:
+        """BatchNorm's running statistics recomputed for the weights as they stand (Guo et al., ECCV 2020).
+
+        The running averages trail the weights by ~1/momentum steps; in a supernet whose unbounded
+        attention multipliers compound over the blocks, statistics that lag a fast-changing early
+        search blow the evaluation up (NaN losses, below-chance accuracy) while training, on batch
+        statistics, is fine. The same fixed images of the weights' half on every process, unaugmented.
+        """
+        images = Subset(self.eval_set, self.fit_idx[:RECALIBRATION_IMAGES])
+        update_bn(DataLoader(images, batch_size=max(2 * self.config.batch_size, 256)), self.model, self.device)
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
+        self.recalibrate_batchnorm()
         broadcast_buffers(self.model)  # rank 0's BatchNorm statistics on every process
         self.model.eval()
         totals = self._totals()
@@ -243,6 +258,8 @@ class Search:
         return judge(self.model.alpha, self.config.decided_margin)
 
     def _finish(self, seconds: float) -> SearchResult:
+        if self.config.select != "argmax":
+            self.recalibrate_batchnorm()  # perturbation scores the supernet on running statistics
         genotypes = broadcast_object(self._select())  # rank 0's choice, should float rounding differ
         self._write_genotypes(genotypes)
         verdict = self.verdict()

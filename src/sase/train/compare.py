@@ -3,8 +3,8 @@
     entries = parse_entries("none,se,cbam,eca,paper,found=runs/search/genotype.json,random:4", out="runs/compare")
     comparison = run_compare(TrainConfig(epochs=8), entries, seeds=[0, 1], out="runs/compare")
 
-Each (attention, seed) cell is an ordinary training run in OUT/cells/<label>-seed<k>/. A cell with a
-summary.json is finished and is read, not trained again; a cell with only a checkpoint is resumed.
+Each (attention, seed) cell is an ordinary training run in OUT/cells/<label>-seed<k>/ (see sase.train.cells:
+a finished cell is read, an interrupted one resumed, and `jobs` cells may train at once).
 `random:K` adds K distinct genotypes drawn uniformly from the search space, written to
 OUT/random/random-<i>.json: the random-search baseline a searched block has to beat (Li & Talwalkar,
 "Random Search and Reproducibility for Neural Architecture Search", UAI 2019).
@@ -25,20 +25,17 @@ import os
 import re
 import statistics
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tqdm.auto import tqdm
 
 from ..attention import ATTENTIONS
 from ..genotype import Genotype, random_genotypes
-from ..search.verdict import VERDICT, read_verdict
-from ..stage_genotypes import genotype_or_stages
 from ..utils.distributed import broadcast_object, world
 from .config import TrainConfig
-from .export import CHECKPOINT, SAFETENSORS, load_model, resolve_genotype
-from .loop import SUMMARY, run_train
+from .cells import SHARD_FORM, Cell, cells, search_verdict, shown_label, train_cells
+from .export import SAFETENSORS, load_model, resolve_genotype
 from .metrics import inference_throughput
 from .plots import plot_comparison, si
 from .stats import LEVEL, Estimate, mean_ci, paired_difference, verdict
@@ -46,9 +43,7 @@ from .stats import LEVEL, Estimate, mean_ci, paired_difference, verdict
 INFER_BATCH = 64  # images per forward pass when timing inference
 INFER_SECONDS = 1.0  # timing window per attention (at least 3 passes): long enough to steady the mean
 RANDOM = "random:"  # `random:K` in a list of attentions: K genotypes drawn uniformly from the search space
-UNDECIDED = " (undecided)"  # suffix of the shown label of a block whose search left α undecided
 HAND_DESIGNED = tuple(n for n in ATTENTIONS if n not in ("none", "sase"))  # published modules, not searched
-SHARD_FORM = "--shard takes K/N, share K of N shares of the cells (1 <= K <= N), e.g. 1/4"
 UNDECIDED_NOTE = ("(undecided): the search ended with α undecided on some edge: this block is close to a random "
                   "pick, not a searched result.")
 
@@ -131,26 +126,6 @@ def random_entries(k: int, out: str | os.PathLike, seed: int) -> list[Entry]:
     return entries
 
 
-def search_verdict(genotype_path: str | os.PathLike) -> Optional[bool]:
-    """Whether the search that wrote this genotype file decided its α (the "decided" field of the
-    verdict.json beside it); None for anything else: a zoo name, a preset, a file with no verdict."""
-    path = Path(genotype_path)
-    if path.suffix != ".json" or not path.is_file():
-        return None
-    record = read_verdict(path.parent)
-    if record is None:
-        return None
-    decided = record.get("decided") if isinstance(record, dict) else None
-    if not isinstance(decided, bool):
-        raise ValueError(f"{path.parent / VERDICT} should be a JSON object with \"decided\": true or false")
-    return decided
-
-
-def shown_label(label: str, decided: Optional[bool]) -> str:
-    """The label as tables, charts and progress lines show it: marked when the search left α undecided."""
-    return label + (UNDECIDED if decided is False else "")
-
-
 @dataclass
 class Row:
     """One attention's line of the table."""
@@ -181,77 +156,17 @@ class Row:
         return statistics.stdev(self.top1) if len(self.top1) > 1 else None  # sample std (n - 1); none of one seed
 
 
-def train_cell(config: TrainConfig, progress: bool) -> dict[str, Any]:
-    """The summary of the run `config` describes: read when finished, else trained or resumed."""
-    folder = Path(config.out)
-    if (folder / SUMMARY).exists():
-        saved, summary = TrainConfig.load(folder / "config.json"), json.loads((folder / SUMMARY).read_text())
-        if not _same_run(saved, config, summary):
-            raise ValueError(f"{folder} holds a run with other settings than this comparison; use another --out")
-        return summary
-    run_train(config, resume=(folder / CHECKPOINT).exists(), progress=progress)
-    return json.loads((folder / SUMMARY).read_text())
-
-
-def _same_run(saved: TrainConfig, config: TrainConfig, summary: dict[str, Any]) -> bool:
-    """Whether a finished run is the cell `config` describes. A genotype file its config names by a path
-    that no longer resolves (the folder moved, or a relative path from another directory) is matched by
-    the genotype the run itself recorded in its model spec."""
-    mine, theirs = config.recipe(), saved.recipe()
-    if mine == theirs:
-        return True
-    if {**mine, "attention": None} != {**theirs, "attention": None}:
-        return False
-    wanted = resolve_genotype(config.attention)
-    recorded = summary.get("model_spec", {}).get("genotype")
-    return wanted is not None and recorded is not None and genotype_or_stages(recorded) == wanted
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (attention, seed) training run of a comparison."""
-
-    entry: Entry
-    seed: int
-    folder: Path
-
-
-def cells(entries: Sequence[Entry], seeds: Sequence[int], out: str | Path) -> list[Cell]:
-    """Every cell of a comparison, in the table's order: by entry, then by seed."""
-    return [Cell(e, s, Path(out) / "cells" / f"{e.slug}-seed{s}") for e in entries for s in seeds]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """(K, N) from "K/N", 1 <= K <= N: the K-th of N shares of the cells."""
-    k, sep, n = text.partition("/")
-    if not (sep and k.strip().isdecimal() and n.strip().isdecimal() and 1 <= int(k) <= int(n)):
-        raise ValueError(f"{SHARD_FORM}; got {text!r}")
-    return int(k), int(n)
-
-
-def train_cells(base: TrainConfig, todo: Sequence[Cell], progress: bool = True) -> list[dict[str, Any]]:
-    """The summary of each cell under `base`: read when finished, else trained or resumed."""
-    summaries = []
-    for i, cell in enumerate(todo):
-        if progress and world().main:
-            done = (cell.folder / SUMMARY).exists()
-            tqdm.write(f"[{i + 1}/{len(todo)}] {shown_label(cell.entry.label, search_verdict(cell.entry.attention))} "
-                       f"seed {cell.seed}: {'finished, read from' if done else 'training in'} {cell.folder}")
-        config = replace(base, attention=cell.entry.attention, seed=cell.seed, out=str(cell.folder))
-        summaries.append(train_cell(config, progress))
-    return summaries
-
-
 def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
-                progress: bool = True, random_seed: int = 0) -> list[Row]:
-    """Train (or read) every (entry, seed) cell under `base`, then write the table, JSON and plot to `out`.
+                progress: bool = True, random_seed: int = 0, jobs: int = 1) -> list[Row]:
+    """Train (or read) every (entry, seed) cell under `base`, `jobs` at a time, then write the table, JSON
+    and plot to `out`.
 
     `random_seed` is the seed the random entries were drawn with, recorded in OUT/compare.json. Under
     torchrun every process returns the rows rank 0 built.
     """
     out = _start(base, entries, seeds, out, random_seed)
     todo = cells(entries, seeds, out)
-    summaries = train_cells(base, todo, progress)
+    summaries = train_cells(base, todo, progress, jobs)
     rows = None
     if world().main:
         n = len(seeds)  # each entry's cells follow one another, one per seed
@@ -261,7 +176,7 @@ def run_compare(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int
 
 
 def run_shard(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int], out: str | Path,
-              shard: tuple[int, int], progress: bool = True, random_seed: int = 0) -> list[Cell]:
+              shard: tuple[int, int], progress: bool = True, random_seed: int = 0, jobs: int = 1) -> list[Cell]:
     """Train (or read) the cells of share K of N, `shard` = (K, N): cell i when i % N == K - 1; no table.
 
     Returns those cells. A `run_compare` with the same arguments afterwards reads them and tables them.
@@ -271,7 +186,7 @@ def run_shard(base: TrainConfig, entries: Sequence[Entry], seeds: Sequence[int],
         raise ValueError(f"{SHARD_FORM}; got {k}/{n}")
     out = _start(base, entries, seeds, out, random_seed)
     mine = [c for i, c in enumerate(cells(entries, seeds, out)) if i % n == k - 1]
-    train_cells(base, mine, progress)
+    train_cells(base, mine, progress, jobs)
     return mine
 
 
@@ -403,6 +318,5 @@ def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], o
                     out / "comparison.png", title=f"{base.model} on {base.dataset}, {len(seeds)} seed(s)", level=LEVEL)
 
 
-__all__ = ["HAND_DESIGNED", "Cell", "Entry", "Row", "cells", "differences", "markdown_table", "parse_entries",
-           "parse_shard", "random_entries", "references", "run_compare", "run_shard", "search_verdict", "shown_label",
-           "train_cell", "train_cells", "write_report"]
+__all__ = ["HAND_DESIGNED", "Entry", "Row", "differences", "markdown_table", "parse_entries", "random_entries",
+           "references", "run_compare", "run_shard", "write_report"]

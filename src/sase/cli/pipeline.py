@@ -1,10 +1,11 @@
 """`sase pipeline`: search an attention block, then compare it with known blocks and random ones, with statistics.
 
-With no arguments it runs offline on the bundled cluttered digits (one digit among pieces of others on
-a 16x16 canvas, where a block has clutter to suppress) in about 20-30 minutes on two CPU cores:
-a first-order search (ResNet-20 supernet) into OUT/search, its verdict (decided or not), then
-`sase compare` of the found block (`found`, or `found (undecided)`) against the published block, SE,
-CBAM, ECA, no attention and two random genotypes over three seeds, with 95% confidence intervals and
+With no arguments it runs offline on the bundled cluttered digits (one digit among fragments of others on
+a 16x16 canvas, where a block has clutter to suppress) in about a quarter of an hour on two CPU cores:
+a first-order search (ResNet-20 supernet: two epochs that train the weights alone, then two that also
+move α) into OUT/search, its verdict (decided or not), then `sase compare` of the found block (`found`,
+or `found (undecided)`) against the published block, SE, CBAM, ECA, no attention and two random
+genotypes over three seeds, two cells at a time on two cores, with 95% confidence intervals and
 differences paired by seed, into OUT. Rerunning with the same --out skips what is finished and resumes
 what is not.
 """
@@ -21,13 +22,16 @@ from ..train.compare import markdown_table, parse_entries, run_compare
 from ..utils.folders import check_out
 from .compare import add_jobs_flag, jobs_from_args, parse_seeds
 
-# The default budget: 24 training runs (8 blocks x 3 seeds) and a search in about 20-30 min on 2 CPU cores.
+# The default budget: a search and 24 training runs (8 blocks x 3 seeds) in about 15 min on 2 CPU cores.
 DATASET = "cluttered-digits"
 IMAGE_SIZE = 16  # canvas side: 16x16 costs a quarter of the dataset's own 32x32 per image
 EPOCHS = 2  # training epochs of each compared run (6,000 images each)
 WARMUP_EPOCHS = 0.2  # a short warm-up: a whole epoch would be half of the run
 SEEDS = "0,1,2"
-SEARCH = dict(order="1", epochs=3, steps_per_epoch=30)  # 90 first-order α steps: about 5 min
+# 120 weight steps to give α a supernet that has learned something (α steps on an untrained one are noise, and
+# the budgeted α lr spends the run's whole α travel on them), then 120 first-order steps of both
+SEARCH = dict(order="1", epochs=4, steps_per_epoch=60)  # and the first half of the epochs a warm-up
+SEARCH_LR = 0.05  # twice the paper's weight lr: the supernet must learn within 120 steps
 BASELINES = ("paper", "se", "cbam", "eca", "none", "random:2")
 
 
@@ -42,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=SEEDS, help=f"comma-separated seeds of the comparison (default: {SEEDS})")
     p.add_argument("--search-epochs", type=int, default=SEARCH["epochs"],
                    help=f"search epochs (default: {SEARCH['epochs']})")
+    p.add_argument("--search-warmup", type=int, help="search epochs that train the weights only, α frozen "
+                   "(default: the first half of the search epochs, rounded down)")
     p.add_argument("--search-order", choices=["1", "2", "exact"], default=SEARCH["order"],
                    help=f"architecture gradient of the search (default: {SEARCH['order']}, first order, for time)")
     p.add_argument("--search-steps", type=int, default=SEARCH["steps_per_epoch"],
@@ -66,8 +72,10 @@ def configs(args: argparse.Namespace) -> tuple[SearchConfig, TrainConfig]:
     if args.batch_size is not None:
         shared["batch_size"] = args.batch_size
     out = Path(args.out)
+    warmup = args.search_epochs // 2 if args.search_warmup is None else args.search_warmup
     search = replace(SearchConfig(), **shared, order=args.search_order, epochs=args.search_epochs,
-                     steps_per_epoch=args.search_steps, per_stage=args.per_stage, out=str(out / "search"))
+                     warmup_epochs=warmup, lr=SEARCH_LR, steps_per_epoch=args.search_steps, per_stage=args.per_stage,
+                     out=str(out / "search"))
     train = replace(TrainConfig(), **shared, epochs=args.epochs, warmup_epochs=min(WARMUP_EPOCHS, args.epochs),
                     steps_per_epoch=args.steps_per_epoch, out=str(out))
     return search, train
@@ -78,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     search_config, base = configs(args)
     seeds = parse_seeds(args.seeds)
     jobs = jobs_from_args(args, base.device)
-    print(f"pipeline: search ({search_config.epochs} epochs, order {search_config.order}) on {base.dataset} -> "
+    print(f"pipeline: search ({search_config.epochs} epochs, {search_config.warmup_epochs} of them a warm-up, order "
+          f"{search_config.order}) on {base.dataset} -> "
           f"{search_config.out}; then compare found, {', '.join(BASELINES)} ({base.epochs} epochs x seeds "
-          f"{args.seeds}) -> {out}", flush=True)
+          f"{args.seeds}, {jobs} at a time) -> {out}", flush=True)
     try:
         result = ensure_search(search_config, progress=not args.quiet)
         print(f"searched genotype: {result.genotype.to_json(indent=None)}")

@@ -34,7 +34,8 @@ TEST_SIZE = 2000  # images in the test split (each test digit used ~6 times)
 DIGIT_SCALE = 13 / 32  # side of the labelled digit as a share of the canvas side: 13 px on 32
 FRAGMENT_SCALE = 0.5  # side of a fragment as a share of the digit side (rounded: 6 px of 13 on 32)
 # Fragments per image at every size: they scale with the canvas, so a fixed count covers the same share.
-FRAGMENTS = 5
+# Three: ResNet-20 without attention gets past chance within 2 epochs at 16x16 (five kept it near 20% there).
+FRAGMENTS = 3
 NOISE = 0.3  # background noise is uniform in [0, NOISE]; full ink is 1
 SHIFT_SCALE = 1 / 16  # augmentation: random translation by up to this share of the side (2 px on 32)
 

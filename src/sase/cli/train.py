@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_out(config: TrainConfig) -> str:
-    """runs/train-<date>-<time>; under torchrun rank 0's, so that every process writes into one folder."""
+def default_out(config: TrainConfig, command: str = "train") -> str:
+    """runs/<command>-<date>-<time>; under torchrun rank 0's, so that every process writes into one folder."""
     setup(resolve_device(config.device))  # join the others (nothing without torchrun)
-    return broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    return broadcast_object(time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"))

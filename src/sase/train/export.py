@@ -107,14 +107,14 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
     return ModelSpec.from_dict(json.loads(metadata["sase.model_spec"]))
 
 
-def locate(path: str | os.PathLike) -> Path:
-    """A model file: the path itself, or a run folder's model.safetensors (else its checkpoint.pt)."""
+def locate(path: str | os.PathLike, names: tuple[str, str] = (SAFETENSORS, CHECKPOINT)) -> Path:
+    """A model file: the path itself, or a run folder's `names[0]` (else its `names[1]`)."""
     path = Path(path)
     if path.is_dir():
-        for name in (SAFETENSORS, CHECKPOINT):
+        for name in names:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"{path} holds neither {SAFETENSORS} nor {CHECKPOINT}")
+        raise FileNotFoundError(f"{path} holds neither {names[0]} nor {names[1]}")
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     return path

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -52,7 +51,7 @@ from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
 from .log import EpochLog, read_csv
 from .metrics import EvalResult, count_flops, count_parameters, evaluate, shard, top_k
-from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, resolve_device
+from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, optimizer_step, resolve_device
 
 SUMMARY = "summary.json"
 
@@ -201,34 +200,12 @@ class Trainer:
             logits = self.model(x)
         # the loss in float32 whatever the autocast type: a half-precision softmax loses small probabilities
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
-        clip = self.config.grad_clip
-        if self.scaler is None:
-            loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-            self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
-            self.scaler.update()
-        with warnings.catch_warnings():
-            # the scheduler steps even when the scaler skipped a step: the lr stays a function of the step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-            self.scheduler.step()
+        optimizer_step(loss, self.optimizer, self.scaler, self.scheduler, list(self.net.parameters()),
+                       self.config.grad_clip)
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
     def _check_finite(self, epoch: int) -> None:
-        """Raise TrainingDiverged if a step's loss since the last check was NaN or infinite."""
-        loss = self.totals.read().get("loss", 0.0)
-        if math.isfinite(loss):
-            return
-        where = self.out / CHECKPOINT
-        kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1} by step {self.step}; "
-                               f"stopped, {kept}. Try a lower --lr, more warm-up or --amp bf16 instead of fp16.")
+        check_finite(self.totals, self.out / CHECKPOINT, epoch, self.step)
 
     def _end_epoch(self, epoch: int, val: EvalResult) -> None:
         t = self.totals.read()
@@ -327,9 +304,19 @@ class Trainer:
             group["lr"] = base * schedule(step)
 
 
+def check_finite(totals: Totals, checkpoint: Path, epoch: int, step: int) -> None:
+    """Raise TrainingDiverged if a step's loss since the last check was NaN or infinite (the sum "loss")."""
+    loss = totals.read().get("loss", 0.0)
+    if math.isfinite(loss):
+        return
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet"
+    raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch + 1} by step {step}; "
+                           f"stopped, {kept}. Try a lower --lr, more warm-up or --amp bf16 instead of fp16.")
+
+
 def run_train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     """Run (or resume) a training run and return its result."""
     return Trainer(config, resume=resume, progress=progress).run()
 
 
-__all__ = ["SUMMARY", "TrainResult", "Trainer", "TrainingDiverged", "run_train"]
+__all__ = ["SUMMARY", "TrainResult", "Trainer", "TrainingDiverged", "check_finite", "run_train"]

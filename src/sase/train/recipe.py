@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ContextManager
 
@@ -66,6 +68,29 @@ def autocast(amp: str | None, device: torch.device) -> ContextManager:
 def build_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler | None:
     """A gradient scaler for fp16 (its range is too narrow for small gradients); bf16 and float32 need none."""
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, parameters: Sequence[torch.Tensor],
+                   clip: float) -> None:
+    """Backward, the gradients of `parameters` clipped to norm `clip` (0: not clipped), one optimiser step
+    (through the fp16 scaler when there is one) and one schedule step."""
+    if scaler is None:
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    with warnings.catch_warnings():
+        # the scheduler steps even when the scaler skipped a step: the lr stays a function of the step
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")  # a regex: no "()"
+        scheduler.step()
 
 
 def full_precision(logits: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import Features
-from .ops.features import no_autocast
+from .ops.features import exporting, no_autocast
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Cell(nn.Module):
         # Y = s0 * (1 + (s2 + s5) / 2): the (B, C, 1, 1) and (B, 1, H, W) halves meet in one full-size pass
         dtype = x.dtype
         channel, spatial = 1 + 0.5 * s2.to(dtype), 0.5 * s5.to(dtype)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or exporting():
             return x * (channel + spatial)
         # inference: build the gate in a buffer the statistics are done with, then scale it in place
         gate = torch.add(channel, spatial, out=s0.spare_buffer(x))  # (B, C, H, W)

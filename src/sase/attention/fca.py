@@ -6,8 +6,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from ..ops.common import adaptive_resize
 from ..ops.features import no_autocast, wide
 
 GRID = 7  # the DCT grid: the input is pooled to 7x7 first, so any size works
@@ -60,7 +60,7 @@ class FCA(nn.Module):
 
     @no_autocast
     def forward(self, x: Tensor) -> Tensor:
-        pooled = F.adaptive_avg_pool2d(wide(x), GRID)  # (B, C, H, W) -> (B, C, 7, 7)
+        pooled = adaptive_resize(wide(x), (GRID, GRID))  # (B, C, H, W) -> (B, C, 7, 7), adaptive average pooling
         y = (pooled * wide(self.weight)).sum((2, 3))  # -> (B, C): one DCT coefficient per channel
         fc = self.fc[0].weight
         gate = torch.sigmoid(self.fc(y.to(fc.dtype)))[:, :, None, None]  # (B, C) -> (B, C, 1, 1)

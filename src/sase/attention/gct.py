@@ -27,6 +27,7 @@ class GCT(nn.Module):
     ) -> None:
         super().__init__()
         self.eps = eps
+        self.root_c = math.sqrt(channels)  # a number, not read off the input: a trace keeps no float of a size
         shape = (1, channels, 1, 1)
         self.alpha = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
         self.gamma = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
@@ -34,11 +35,10 @@ class GCT(nn.Module):
 
     @no_autocast
     def forward(self, x: Tensor) -> Tensor:
-        c = x.shape[1]
         # float32: sum x^2 over a 56x56 map of values near 300 is ~3e8, past float16's 65504
         sq = wide(x).pow(2).sum((2, 3), keepdim=True)  # (B, C, H, W) -> (B, C, 1, 1)
         # eps inside both square roots: finite values and gradients for an all-zero map
         s = wide(self.alpha) * (sq + self.eps).sqrt()
-        s_hat = math.sqrt(c) * s / (s.pow(2).sum(1, keepdim=True) + self.eps).sqrt()
+        s_hat = self.root_c * s / (s.pow(2).sum(1, keepdim=True) + self.eps).sqrt()
         gate = 1.0 + torch.tanh(wide(self.gamma) * s_hat + wide(self.beta))
         return x * gate.to(x.dtype)

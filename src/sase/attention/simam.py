@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.features import no_autocast, wide
+from ..ops.features import at_least_one, no_autocast, wide
 
 
 class SimAM(nn.Module):
@@ -29,7 +29,7 @@ class SimAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[2:]
         # max(., 1): at 1x1 the paper's H*W - 1 is 0 (d is 0 there too, so E = 0.5)
-        n = max(h * w - 1, 1)
+        n = at_least_one(h * w - 1)
         x32 = wide(x)
         d = (x32 - x32.mean((2, 3), keepdim=True)).pow(2)
         v = d.sum((2, 3), keepdim=True) / n  # (B, C, H, W) -> (B, C, 1, 1)

@@ -16,12 +16,12 @@ import traceback
 from typing import NoReturn, Sequence
 
 from ..utils.distributed import leave, world
-from . import compare, demo, detect, pipeline, search
+from . import bench, compare, demo, detect, export, pipeline, search
 from . import eval as eval_
 from . import train
 
 COMMANDS = {"search": search, "train": train, "eval": eval_, "compare": compare, "pipeline": pipeline, "demo": demo,
-            "detect": detect}
+            "detect": detect, "export": export, "bench": bench}
 # bad input from the user: settings and files (ValueError), files and folders the system refuses (OSError)
 USER_ERRORS = (ValueError, OSError)
 DEBUG_HELP = "show the traceback of an error (also: SASE_DEBUG=1)"

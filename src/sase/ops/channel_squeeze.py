@@ -8,10 +8,9 @@ from functools import partial
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import CovarianceHead, MeanAnd, Statistic
+from .common import CovarianceHead, MeanAnd, Statistic, adaptive_bins
 from .features import Features, no_autocast, wide
 
 
@@ -46,16 +45,17 @@ class Cov(nn.Module):
         super().__init__()
         # max(1, .): the authors' C // 4 leaves no row at all for C < 4
         self.rows = max(1, channels // 4)
+        self.even = channels % self.rows == 0  # known here, not tested on the input's traced size
         self.head = CovarianceHead(self.rows, channels)
 
     @no_autocast
     def forward(self, x: Tensor | Features) -> Tensor:
         x = Features.of(x).x32
         b, c, h, w = x.shape
-        if c % self.rows == 0:  # average-pool along the channel axis: (B, C, HW) -> (B, C/4, HW)
+        if self.even:  # average-pool along the channel axis: (B, C, HW) -> (B, C/4, HW)
             z = x.reshape(b, self.rows, c // self.rows, h * w).mean(2)
-        else:  # uneven groups, as adaptive pooling makes them
-            z = F.adaptive_avg_pool2d(x.reshape(b, 1, c, h * w), (self.rows, h * w)).squeeze(1)
+        else:  # uneven groups, as adaptive pooling makes them: (C/4, C) bins times (B, C, HW)
+            z = torch.matmul(adaptive_bins(c, self.rows, x.dtype, x.device), x.reshape(b, c, h * w))
         return self.head(z)
 
 

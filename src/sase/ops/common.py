@@ -13,32 +13,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import Features, no_autocast
+from .features import Features, exporting, no_autocast
 
 Axis = Literal["hw", "c"]
 
 
-@functools.cache
-def _adaptive_bins(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def adaptive_bins(n_in: int | Tensor, n_out: int | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(n_out, n_in): row i averages the input cells of adaptive pooling's bin i.
 
     Bin i spans [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), as in `F.adaptive_avg_pool2d`.
+    Built from tensor ops, so either size may be symbolic or traced (export); eager mode caches it.
     """
-    a = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
-        a[i, start:end] = 1.0 / (end - start)
-    return a.to(device, dtype)  # built once per size, dtype and device, not converted on every call
+    if exporting():
+        return _bins(n_in, n_out, dtype, device)
+    # built once per size, dtype and device, and never as an inference tensor: one made under
+    # torch.inference_mode would be refused by every later forward that autograd records
+    with torch.inference_mode(False):
+        return _cached_bins(n_in, n_out, dtype, device)
+
+
+def _bins(n_in: int | Tensor, n_out: int | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    i = torch.arange(n_out, device=device).unsqueeze(1)  # (n_out, 1)
+    j = torch.arange(n_in, device=device).unsqueeze(0)  # (1, n_in)
+    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)  # (n_out, 1) each
+    inside = (j >= start) & (j < end)  # (n_out, n_in)
+    return inside.to(dtype) / (end - start).to(dtype)
+
+
+_cached_bins = functools.cache(_bins)
 
 
 def adaptive_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """`F.adaptive_avg_pool2d(x, size)` as two small matrix products, one per axis.
 
     The same values (each output cell the mean of its bin), 2-5x faster forward and backward on CPU
-    for the 8x8 grid of `cov` in either direction, with a backward that is one matrix product too.
+    for the 8x8 grid of `cov` in either direction, with a backward that is one matrix product too,
+    and an ONNX export for any input size (ONNX's own pooling takes no output size).
     """
-    rows = _adaptive_bins(x.shape[-2], size[0], x.dtype, x.device)
-    cols = _adaptive_bins(x.shape[-1], size[1], x.dtype, x.device)
+    rows = adaptive_bins(x.shape[-2], size[0], x.dtype, x.device)
+    cols = adaptive_bins(x.shape[-1], size[1], x.dtype, x.device)
     return torch.matmul(torch.matmul(rows, x), cols.t())
 
 

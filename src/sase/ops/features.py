@@ -13,13 +13,32 @@ from __future__ import annotations
 
 import functools
 import math
-from functools import cached_property
-from typing import Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 F = TypeVar("F", bound=Callable)
+T = TypeVar("T")
+
+
+class lazy(Generic[T]):  # noqa: N801 (a decorator, named like the property it stands for)
+    """`functools.cached_property` without its lock: computed on first read, then kept in the instance.
+
+    Python 3.11's cached_property takes an RLock on every first read, and torch.compile cannot enter
+    it: each statistic would end the compiled graph there.
+    """
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = obj.__dict__[self.name] = self.compute(obj)
+        return value
 
 
 class Moments:
@@ -39,23 +58,24 @@ class Moments:
         self.features = features
         self.dims = dims
 
-    @cached_property
+    @lazy
     def count(self) -> int:
-        return math.prod(self.features.shape[d] for d in self.dims)
+        shape = self.features.shape
+        return math.prod([shape[d] for d in self.dims])  # a list: torch.compile does not trace into a generator here
 
     def raw(self, k: int) -> Tensor:
         """E[x^k] over dims."""
         return self.features.power_sum(self.dims, k) / self.count
 
-    @cached_property
+    @lazy
     def mean(self) -> Tensor:
         return self.raw(1)
 
-    @cached_property
+    @lazy
     def max(self) -> Tensor:
         return self.features.x32.amax(self.dims, keepdim=True)
 
-    @cached_property
+    @lazy
     def var(self) -> Tensor:
         """Biased variance E[(x - m)^2]: defined for a single value too.
 
@@ -63,12 +83,12 @@ class Moments:
         """
         return self.centred_mean(self.centred_sq)
 
-    @cached_property
+    @lazy
     def std(self) -> Tensor:
         # clamp, not +eps: exact wherever var > 0, and a finite (zero) gradient for a constant map
         return self.var.clamp_min(1e-12).sqrt()
 
-    @cached_property
+    @lazy
     def third_moment(self) -> Tensor:
         """Third central moment E[(x - m)^3], summed from the centred map d.
 
@@ -80,7 +100,7 @@ class Moments:
         return self.centred_mean(self.centred_sq * d) - r * (3 * self.var - 2 * r * r)
 
     # -- the centred map of the second pass
-    @cached_property
+    @lazy
     def centred(self) -> Tensor:
         """d = x - mean, full size."""
         features = self.features
@@ -89,14 +109,14 @@ class Moments:
             return wide(features.scale) * features.unscaled.hw.centred
         return features.x32 - self.mean
 
-    @cached_property
+    @lazy
     def centred_sq(self) -> Tensor:
         return self.centred * self.centred
 
     def centred_mean(self, t: Tensor) -> Tensor:
         return t.sum(self.dims, keepdim=True) / self.count
 
-    @cached_property
+    @lazy
     def pnorm4(self) -> Tensor:
         """(sum x^4)^(1/4)."""
         return root4(self.features.power_sum(self.dims, 4))
@@ -146,7 +166,7 @@ class Features:
     def device(self) -> torch.device:
         return self.base.device
 
-    @cached_property
+    @lazy
     def x32(self) -> Tensor:
         """The map itself in float32 (for a scaled map: the product, written out once)."""
         if self.unscaled is None:
@@ -154,17 +174,17 @@ class Features:
         return self.unscaled.x32 * wide(self.scale)
 
     # -- powers of the unscaled map, each written out once
-    @cached_property
+    @lazy
     def x2(self) -> Tensor:
         return self.x32 * self.x32
 
-    @cached_property
+    @lazy
     def x3(self) -> Tensor:
         return self.x2 * self.x32
 
-    @cached_property
+    @lazy
     def x4(self) -> Tensor:
-        if "x2" in self.__dict__ or torch.is_grad_enabled():
+        if "x2" in self.__dict__ or torch.is_grad_enabled() or exporting():
             return self.x2 * self.x2
         # inference, nobody needs x^2: square it in place, one fresh full-size buffer instead of two
         x2 = self.x32 * self.x32
@@ -180,7 +200,7 @@ class Features:
         one full-size buffer per block, as an SE block does.
         """
         buf = self.__dict__.get("x4")
-        if torch.is_grad_enabled() or buf is None or buf.dtype != like.dtype or buf.shape != like.shape:
+        if torch.is_grad_enabled() or exporting() or buf is None or buf.dtype != like.dtype or buf.shape != like.shape:
             return None
         del self.__dict__["x4"]
         return buf
@@ -238,6 +258,22 @@ def _powers(t: Tensor, k: int) -> Tensor:
 def wide(t: Tensor) -> Tensor:
     """`t` in float32, or as it is when already float32 or float64 (a float64 model keeps its precision)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def exporting() -> bool:
+    """True while the forward is traced into a graph: torch.jit.trace, torch.compile, torch.export (and the
+    ONNX export built on it). The eager tricks that reuse buffers in place, fold the batch into conv groups
+    or cache tensors by size give way there to plain ops of the same values, which every tracer can
+    carry with dynamic batch and spatial sizes."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def at_least_one(n: int | Tensor) -> int | Tensor:
+    """max(n, 1) for a product of sizes that torch.export keeps symbolic and torch.jit.trace records as a
+    tensor, without fixing it to the traced input's value."""
+    if isinstance(n, Tensor):
+        return n.clamp_min(1)
+    return torch.sym_max(n, 1)
 
 
 def no_autocast(forward: F) -> F:

@@ -8,20 +8,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import no_autocast
+from .features import exporting, no_autocast
 
 
 class SingleChannelConv2d(nn.Conv2d):
     """A 1 -> 1 channel conv without bias, padded to keep H and W.
 
     Run as a depthwise conv with the batch folded into channels: the same result, about ten times
-    faster forward and backward on CPU than oneDNN's one-channel convolution.
+    faster forward and backward on CPU than oneDNN's one-channel convolution. Traced for export it is
+    the plain convolution: a group count that follows the batch size has no place in ONNX or in a graph
+    with a dynamic batch.
     """
 
     def __init__(self, kernel: tuple[int, int]) -> None:
         super().__init__(1, 1, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if exporting():
+            return F.conv2d(x, self.weight, None, 1, self.padding)
         b, _, h, w = x.shape
         weight = self.weight.expand(b, 1, *self.kernel_size)
         y = F.conv2d(x.reshape(1, b, h, w), weight, None, 1, self.padding, groups=b)  # (1, B, H, W)

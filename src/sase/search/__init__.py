@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "ORDERS": "architect", "Architect": "architect",
     "PRESETS": "config", "SearchConfig": "config",
-    "Search": "loop", "SearchDiverged": "loop", "SearchResult": "loop", "ensure_search": "loop",
+    "Search": "loop", "SearchDiverged": "loop", "SearchResult": "loop", "ensure_search": "finished",
     "run_search": "loop",
     "Stability": "stability", "aggregate": "stability", "run_seeds": "stability", "write_stability": "stability",
     "MixedOp": "supernet", "Supernet": "supernet", "derive_genotype": "supernet", "parameter_free": "supernet",
@@ -26,7 +26,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .architect import ORDERS, Architect
     from .config import PRESETS, SearchConfig
-    from .loop import Search, SearchDiverged, SearchResult, ensure_search, run_search
+    from .finished import ensure_search
+    from .loop import Search, SearchDiverged, SearchResult, run_search
     from .stability import Stability, aggregate, run_seeds, write_stability
     from .supernet import MixedOp, Supernet, derive_genotype, parameter_free
     from .verdict import DECIDED_MARGIN, Verdict, judge, read_verdict

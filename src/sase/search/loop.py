@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..data import build_dataset
 from ..genotype import Genotype
 from ..train.recipe import autocast, build_scaler, full_precision, resolve_device
-from ..utils.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..utils.checkpoint import rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import append_csv, read_csv, truncate_csv
 from ..utils.distributed import barrier, broadcast_buffers, broadcast_object, check_batch, setup, world
 from ..utils.folders import check_out, make_out
@@ -51,7 +51,7 @@ from .regularizers import beta_decay_weight
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
 from .supernet import Supernet, main_genotype
-from .verdict import VERDICT, Verdict, judge, verdict_columns
+from .verdict import Verdict, judge, verdict_columns
 
 CHECKPOINT = "checkpoint.pt"
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
@@ -274,7 +274,7 @@ class Search:
             val_acc = float(rows[-1]["val_acc"]) if rows else float("nan")
         val_acc = broadcast_object(val_acc)
         return SearchResult(main_genotype(self.model, genotypes), genotypes, self.model.stage_widths, self.out,
-                            val_acc, seconds, verdict, self.arch_lr, _probs(self.model.alpha))
+                            val_acc, seconds, verdict, self.arch_lr, probabilities(self.model.alpha))
 
     def _select(self) -> list[Genotype]:
         """One genotype per α group: α's argmax (DARTS), or the perturbation choice (DARTS-PT)."""
@@ -370,7 +370,7 @@ class Search:
         s._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
 
 
-def _probs(alpha: torch.Tensor) -> list:
+def probabilities(alpha: torch.Tensor) -> list:
     return torch.softmax(alpha.detach().double(), -1).tolist()
 
 
@@ -379,41 +379,4 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
     return Search(config, resume=resume, progress=progress).run()
 
 
-def ensure_search(config: SearchConfig, progress: bool = True) -> SearchResult:
-    """The search in config.out: read when it finished, resumed when it started, else run from scratch.
-
-    A folder that holds a search with another recipe is an error, never silently reused.
-    """
-    out = Path(config.out)
-    if not (out / CHECKPOINT).exists():
-        return run_search(config, progress=progress)
-    saved = SearchConfig.load(out / "config.json")
-    if saved.recipe() != config.recipe():
-        differ = sorted(k for k, v in config.recipe().items() if saved.recipe().get(k) != v)
-        raise ValueError(f"{out} holds a search with other settings ({', '.join(differ)}); use another --out")
-    state = load_checkpoint(out / CHECKPOINT)
-    if state["epoch"] < config.epochs or not (out / VERDICT).exists():
-        print(f"search: resuming {out} at epoch {state['epoch'] + 1}", flush=True)
-        return run_search(config, resume=True, progress=progress)
-    print(f"search: finished, read from {out}", flush=True)
-    return _finished(config, state)
-
-
-def _finished(config: SearchConfig, state: dict) -> SearchResult:
-    """The result of a finished search, from its files."""
-    out = Path(config.out)
-    alpha = state["model"]["alpha"]
-    rows = read_csv(out / "history.csv")
-    genotype = Genotype.from_json(out / "genotype.json")
-    per_stage = out / "genotypes_per_stage.json"
-    if per_stage.exists():
-        stages = json.loads(per_stage.read_text())
-        widths, genotypes = [int(w) for w in stages], [Genotype.from_dict(g) for g in stages.values()]
-    else:
-        widths, genotypes = [], [genotype]
-    last = rows[-1] if rows else {}
-    return SearchResult(genotype, genotypes, widths, out, float(last.get("val_acc", "nan")), 0.0,
-                        judge(alpha, config.decided_margin), float(last.get("arch_lr", "nan")), _probs(alpha))
-
-
-__all__ = ["Search", "SearchDiverged", "SearchResult", "ensure_search", "run_search"]
+__all__ = ["CHECKPOINT", "Search", "SearchDiverged", "SearchResult", "probabilities", "run_search"]

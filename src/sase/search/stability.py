@@ -24,7 +24,8 @@ from ..cell import EDGES
 from ..genotype import Genotype
 from ..ops import OPS
 from .config import SearchConfig
-from .loop import SearchResult, ensure_search
+from .finished import ensure_search
+from .loop import SearchResult
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_step import make_step  # noqa: E402
+from search_step import GRAPH, make_step  # noqa: E402
 
 from sase import create_model  # noqa: E402
 
@@ -64,20 +64,20 @@ def timed(fns: dict[str, Callable[[], object]], device: torch.device, rounds: in
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    dtype = AMP[amp]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+def autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    dtype = AMP[amp]  # cache=False around a CUDA graph recording: cached casts would outlive it
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
-def with_autocast(step: Callable[[], None], device: torch.device, amp: str) -> Callable[[], None]:
+def with_autocast(step: Callable[[], None], device: torch.device, amp: str, cache: bool = True) -> Callable[[], None]:
     def run() -> None:
-        with autocast(device, amp):
+        with autocast(device, amp, cache):
             step()
     return run
 
 
 def search_steps(device: torch.device, batch: int, rounds: int, kinds: list[str], amp: str = "fp32") -> dict[str, float]:
-    steps = {k: with_autocast(make_step(k, batch, device), device, amp) for k in kinds}
+    steps = {k: with_autocast(make_step(k, batch, device), device, amp, cache=not k.endswith(GRAPH)) for k in kinds}
     return timed(steps, device, rounds, inner=1 if device.type == "cpu" else 3)
 
 
@@ -133,14 +133,16 @@ def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int
 
 
 def search_memory(device: torch.device, batch: int, kinds: list[str]) -> dict[str, float]:
-    """Peak GPU memory (MiB) of two steps of each kind, model and optimiser state included."""
+    """Peak GPU memory (MiB) of four steps of each kind (a CUDA graph is recorded at the third), model and optimiser
+    state included."""
     peaks = {k: float("nan") for k in kinds}
     for k in kinds if device.type == "cuda" else ():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step = make_step(k, batch, device)
-        step(), step()
+        for _ in range(4):
+            step()
         torch.cuda.synchronize()
         peaks[k] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         del step
@@ -166,11 +168,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cpu-rounds", type=int, default=3)
+    parser.add_argument("--cpu-rounds", type=int, default=3, help="0: no CPU column")
     parser.add_argument("--search-batch", type=int, default=64)
     parser.add_argument("--r50-batch", type=int, default=64)
     parser.add_argument("--r50-size", type=int, default=224)
     parser.add_argument("--end-to-end", action="store_true", help="also time `sase search` / `sase train` runs")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="search step in float32 only")
+    parser.add_argument("--sections", default="search,train,inference",
+                        help="comma-separated: search, train, inference (the tables to measure)")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself, on tiny settings")
     parser.add_argument("--out", default="gpu.md")
     parser.add_argument("--json", default=None, help="also write every figure as JSON here")
@@ -194,32 +199,40 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
-    # 1. search step
+    sections_wanted = set(args.sections.split(","))
+    # 1. search step, eager and replayed from a CUDA graph (as `sase search` runs on one GPU)
     kinds = ["plain", "1", "2", "exact"]
-    g32 = search_steps(gpu, args.search_batch, args.rounds, kinds)
-    g16 = search_steps(gpu, args.search_batch, args.rounds, kinds, amp="bf16")
-    mem = search_memory(gpu, args.search_batch, kinds)
-    print("search step gpu fp32", g32, "bf16", g16, "memory", mem, flush=True)
-    c32 = search_steps(cpu, args.search_batch, args.cpu_rounds, ["plain", "1", "2"])
-    print("search step cpu", c32, flush=True)
-    results["search_step"] = {"gpu_fp32": g32, "gpu_bf16": g16, "gpu_peak_mib": mem, "cpu_fp32": c32}
-    save()
-    names = {"plain": "plain ResNet-20 SGD step (the unit)", "1": "first order", "2": "second order",
-             "exact": "exact second order"}
-    rows = [[names[k], f"{1000 * g32[k]:.1f}", f"{g32[k] / g32['plain']:.2f}", f"{1000 * g16[k]:.1f}",
-             f"{g16[k] / g16['plain']:.2f}", f"{mem[k]:.0f}",
-             f"{1000 * c32[k]:.0f}" if k in c32 else "-", f"{c32[k] / g32[k]:.1f}x" if k in c32 else "-"]
-            for k in kinds]
-    sections["Search step"] = (f"CIFAR ResNet-20 supernet, batch {args.search_batch}, 3x32x32; an α step and "
-                    "a weight step, as the search loop takes them.\n\n" + table(
-                        ["step", "GPU fp32 ms", "units", "GPU bf16 ms", "units", "GPU peak MiB",
-                         f"CPU ({threads} threads) ms", "GPU speed-up"], rows))
-    save()
+    graphed = [k + GRAPH for k in kinds] if gpu.type == "cuda" else []
+    if "search" in sections_wanted:
+        g32 = search_steps(gpu, args.search_batch, args.rounds, kinds + graphed)
+        print("search step gpu fp32", g32, flush=True)
+        nan = {k: float("nan") for k in kinds + graphed}
+        g16 = search_steps(gpu, args.search_batch, args.rounds, kinds + graphed, amp="bf16") if args.bf16 else nan
+        mem = search_memory(gpu, args.search_batch, kinds + graphed)
+        print("search step gpu bf16", g16, "memory", mem, flush=True)
+        c32 = search_steps(cpu, args.search_batch, args.cpu_rounds, ["plain", "1", "2"]) if args.cpu_rounds else {}
+        print("search step cpu", c32, flush=True)
+        results["search_step"] = {"gpu_fp32": g32, "gpu_bf16": g16, "gpu_peak_mib": mem, "cpu_fp32": c32}
+        save()
+        names = {"plain": "plain ResNet-20 SGD step (the unit)", "1": "first order", "2": "second order",
+                 "exact": "exact second order"}
+        names.update({k + GRAPH: names[k].replace(" (the unit)", "") + ", CUDA graph" for k in kinds})
+        rows = [[names[k], f"{1000 * g32[k]:.1f}", f"{g32[k] / g32['plain']:.2f}", f"{1000 * g16[k]:.1f}",
+                 f"{g16[k] / g16['plain']:.2f}", f"{mem[k]:.0f}",
+                 f"{1000 * c32[k]:.0f}" if k in c32 else "-", f"{c32[k] / g32[k]:.1f}x" if k in c32 else "-"]
+                for k in kinds + graphed]
+        sections["Search step"] = (f"CIFAR ResNet-20 supernet, batch {args.search_batch}, 3x32x32; an α step and "
+                        "a weight step, as the search loop takes them; eagerly, and replayed from a CUDA graph as "
+                        "`sase search` does on one GPU.\n\n" + table(
+                            ["step", "GPU fp32 ms", "units", "GPU bf16 ms", "units", "GPU peak MiB",
+                             f"CPU ({threads} threads) ms", "GPU speed-up"], rows))
+        save()
 
     # 2. training step with each attention
     rows = []
     results["train_step"] = {}
-    for name, batch, size, classes in (("resnet50", args.r50_batch, args.r50_size, 1000), ("resnet20", 128, 32, 10)):
+    for name, batch, size, classes in (("resnet50", args.r50_batch, args.r50_size, 1000), ("resnet20", 128, 32, 10)) \
+            if "train" in sections_wanted else ():
         for amp in AMP:
             t = train_steps(name, batch, size, classes, gpu, amp, args.rounds)
             results["train_step"][f"{name}_{amp}"] = t
@@ -234,7 +247,7 @@ def main() -> None:
     # 3. inference
     rows = []
     results["inference"] = {}
-    for amp in AMP:
+    for amp in AMP if "inference" in sections_wanted else ():
         t, m = inference(gpu, args.r50_batch, args.r50_size, amp, args.rounds)
         results["inference"][amp] = {"seconds": t, "peak_mib": m}
         print("inference", amp, t, m, flush=True)

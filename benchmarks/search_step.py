@@ -28,10 +28,15 @@ from report import write_report
 
 from sase import create_model
 from sase.search import Architect, Supernet
+from sase.search.graphs import GraphedStep
+
+GRAPH = "+graph"  # a kind's suffix: the step replayed from a CUDA graph (sase.search.graphs)
 
 
 def make_step(kind: str, batch: int, device: str | torch.device = "cpu") -> Callable[[], None]:
-    """One step of `kind` ('plain', '1', '2', 'exact') on fixed random batches."""
+    """One step of `kind` ('plain', '1', '2', 'exact', each with '+graph' for a CUDA graph replay) on fixed batches."""
+    graphed = kind.endswith(GRAPH)
+    kind = kind.removesuffix(GRAPH)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     make = lambda: (torch.randn(batch, 3, 32, 32, generator=g).to(device),
@@ -44,17 +49,23 @@ def make_step(kind: str, batch: int, device: str | torch.device = "cpu") -> Call
         model = Supernet("resnet20", num_classes=10).to(device)
         params = model.weight_parameters()
     opt = torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=5e-4)
-    architect = None if kind == "plain" else Architect(model, opt, order={"1": 1, "2": 2, "exact": "exact"}[kind])
+    architect = None if kind == "plain" else Architect(model, opt, order={"1": 1, "2": 2, "exact": "exact"}[kind],
+                                                       capturable=graphed)
 
-    def step() -> None:
+    def step(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor]:
         if architect is not None:
             architect.step(train, val)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(train[0]), train[1]).backward()
+        loss = F.cross_entropy(model(train[0]), train[1])
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
+        return (loss.detach(),)
 
-    return step
+    if not graphed:
+        return lambda: step(train, val)
+    recorded = GraphedStep()  # as `sase search` runs on one GPU: recorded once, replayed every step
+    return lambda: recorded(step, train, val, key=None)
 
 
 def times(kinds: list[str], batch: int, rounds: int) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Search and training on a CUDA device, in float32, bf16 and fp16, and checkpoints moved between devices.
+"""Search and training on a CUDA device, in float32, bf16 and fp16, and checkpoints moved between devices;
+the search step replayed from CUDA graphs against the eager step.
 
 Skipped on a machine without CUDA (CI has none); run on a GPU machine with `pytest tests/test_cuda.py`.
 """
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 
 from sase.cli import main
 from sase.search import Architect, Supernet
+from sase.search.config import SearchConfig
+from sase.search.graphs import GraphedStep
+from sase.search.loop import Search
 from sase.utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -91,3 +95,101 @@ def test_weight_step_keeps_the_graph_on_the_device():
     F.cross_entropy(model(x), y).backward()
     assert model.alpha.grad.device.type == "cuda"
     assert all(p.grad is None or p.grad.device.type == "cuda" for p in model.parameters())
+
+
+def live_state(search: Search) -> list[torch.Tensor]:
+    """Every tensor a search step changes: weights, α, BatchNorm statistics and both optimisers' state."""
+    tensors = list(search.model.state_dict().values())
+    for opt in (search.optimizer, search.architect.optimizer):
+        tensors += [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
+    return tensors
+
+
+def cuda_batches(n: int, size: int = 16) -> list[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+    g = torch.Generator().manual_seed(3)
+    batch = lambda: (torch.randn(16, 3, size, size, generator=g).cuda(), torch.randint(0, 10, (16,), generator=g).cuda())
+    return [(batch(), batch()) for _ in range(n)]
+
+
+def relative_error(update: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖update - reference‖ / ‖reference‖, in float64 (0 when both are zero)."""
+    update, reference = update.double(), reference.double()
+    scale = reference.norm()
+    return 0.0 if scale == 0 and update.norm() == 0 else float((update - reference).norm() / scale.clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("order,optimizer,amp", [("1", "edge_adam", None), ("2", "adam", None),
+                                                 ("exact", "edge_adam", None), ("1", "adam", "bf16")])
+def test_a_replayed_search_step_equals_the_eager_step(tmp_path, monkeypatch, order, optimizer, amp):
+    # TF32 convolutions round to 10 mantissa bits, and a replay may run other cuDNN kernels than the eager
+    # step (their plans depend on the addresses' alignment): off, so only float32 rounding is left
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    config = SearchConfig(dataset="digits", image_size=16, epochs=1, batch_size=16, order=order, arch_lr=0.01,
+                          arch_optimizer=optimizer, amp=amp, device="cuda", out=str(tmp_path / "s"))
+    search = Search(config, progress=False)
+    assert search.graphed is not None  # the default on one CUDA device
+    batches = cuda_batches(6)
+    for b in batches[:3]:  # two eager warm-up steps, then a recording and its replay
+        search._search_step(*b, search_alpha=True)
+    assert search.graphed.recordings == 1
+    tol = 1e-3 if amp is None else 5e-2
+    for b in batches[3:]:  # from the same state, a replay and an eager step must make the same update
+        before = [t.clone() for t in live_state(search)]
+        replayed = [t.clone() for t in search._search_step(*b, search_alpha=True)]
+        after_replay = [t.clone() for t in live_state(search)]
+        for t, saved in zip(live_state(search), before):
+            t.copy_(saved)
+        graphed, search.graphed = search.graphed, None
+        eager = search._search_step(*b, search_alpha=True)
+        search.graphed = graphed
+        for a, e in zip(replayed, eager):
+            assert relative_error(a, e) < tol
+        changed = 0
+        for a, e, b0 in zip(after_replay, live_state(search), before):
+            if not a.is_floating_point():  # BatchNorm's batch counts
+                assert torch.equal(a, e)
+                continue
+            # the updates, not the values: a wrong or stale gradient errs by the whole step, rounding by far less
+            assert relative_error(a - b0, e - b0) < tol
+            changed += not torch.equal(a, b0)
+        assert changed > len(before) // 2  # the replay did step the weights, α and the optimisers
+    assert search.graphed.recordings == 1
+
+
+def test_a_graphed_search_stays_within_the_eager_search_s_own_spread(tmp_path, monkeypatch):
+    """Over two epochs (two recordings, the first α step after a warm-up epoch) the graphed search differs from
+    the eager one no more than two eager runs differ from each other (GPU kernels are not bit-reproducible)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    searches = []
+    for i, graphs in enumerate((False, False, True)):
+        config = SearchConfig(dataset="digits", image_size=16, epochs=3, warmup_epochs=1, batch_size=16,
+                              steps_per_epoch=6, order="1", arch_lr=0.003, device="cuda", cuda_graphs=graphs,
+                              out=str(tmp_path / f"run-{i}"))
+        searches.append(Search(config, progress=False))
+        searches[-1].run()
+    eager, again, graphed = searches
+    assert graphed.graphed.recordings == 3  # one per epoch: the cosine changes the lr
+    spread = (eager.model.alpha - again.model.alpha).abs().max()
+    moved = (graphed.model.alpha - eager.model.alpha).abs().max()
+    assert (graphed.model.alpha.std() > 1e-3) and moved <= 4 * spread + 1e-4, (moved, spread)
+
+
+def test_graphed_step_replays_new_batches_and_records_again_for_a_new_key():
+    calls = []
+
+    def step(train, val):
+        calls.append(1)  # Python runs only while warming up or recording, never on a replay
+        return train[0].sum() * scale + val[1].sum(), None
+
+    graphed = GraphedStep(warmup=1)
+    batch = lambda v: (torch.full((2, 3), float(v), device="cuda"), torch.full((2,), v, device="cuda"))
+    scale = 2.0
+    outs = [float(graphed(step, batch(i), batch(i), key=scale)[0]) for i in range(1, 5)]
+    assert outs == [6 * i * 2 + 2 * i for i in range(1, 5)]
+    assert len(calls) == 2 and graphed.recordings == 1  # one eager warm-up, one recording, then replays
+    scale = 3.0
+    assert float(graphed(step, batch(1), batch(1), key=scale)[0]) == 6 * 3 + 2  # recorded at once: shapes are warm
+    assert float(graphed(step, batch(2), batch(2), key=scale)[0]) == 12 * 3 + 4
+    assert graphed.recordings == 2 and len(calls) == 3
+    short = (torch.ones(1, 3, device="cuda"), torch.ones(1, device="cuda"))
+    assert float(graphed(step, short, batch(1), key=scale)[0]) == 3 * 3 + 2  # a new shape: run, not replayed

@@ -10,9 +10,9 @@ stability report to OUT: how often each edge's choice recurs, and the consensus 
 
 --resume continues the search in --out, wherever that folder was first written (a copied run folder
 resumes into the copy), with the settings saved in it. Flags given with --resume are applied when they
-cannot change the result (--workers, --checkpoint-every, --download, --device), --epochs may grow (the weights'
-cosine is re-stretched over the new total; α keeps the learning rate it started with), and any other
-flag that differs from the saved search is refused.
+cannot change the result (--workers, --checkpoint-every, --download, --device, --no-cuda-graphs),
+--epochs may grow (the weights' cosine is re-stretched over the new total; α keeps the learning rate it
+started with), and any other flag that differs from the saved search is refused.
 """
 from __future__ import annotations
 
@@ -83,6 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track-hessian", action="store_true", default=None, help="track the dominant eigenvalue of the "
                    "α Hessian of the validation loss every epoch (Zela et al., ICLR 2020: its growth signals "
                    "collapse); written to history.csv and hessian.png")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="on a GPU, run every search step eagerly instead of replaying it from a CUDA graph (the "
+                        "default on one CUDA device with float32 or bf16: the step is bound by kernel launches)")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the search of the SASE paper (Wang et al., 2024: "
                    "CIFAR-10, ResNet-20, 100 epochs, second order, α lr 3e-4); flags given explicitly still win")

@@ -24,7 +24,9 @@ def adaptive_bins(n_in: int | Tensor, n_out: int | Tensor, dtype: torch.dtype, d
     Bin i spans [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), as in `F.adaptive_avg_pool2d`.
     Built from tensor ops, so either size may be symbolic or traced (export); eager mode caches it.
     """
-    if exporting():
+    if exporting() or _recording_cuda_graph(device):
+        # a tensor cached while a CUDA graph records would live in the recording's memory pool, which is
+        # handed back (and overwritten) when the search records again: built afresh there instead
         return _bins(n_in, n_out, dtype, device)
     # built once per size, dtype and device, and never as an inference tensor: one made under
     # torch.inference_mode would be refused by every later forward that autograd records
@@ -41,6 +43,10 @@ def _bins(n_in: int | Tensor, n_out: int | Tensor, dtype: torch.dtype, device: t
 
 
 _cached_bins = functools.cache(_bins)
+
+
+def _recording_cuda_graph(device: torch.device) -> bool:
+    return torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def adaptive_resize(x: Tensor, size: tuple[int, int]) -> Tensor:

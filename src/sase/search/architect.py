@@ -62,6 +62,7 @@ class Architect:
         optimizer: str = "adam",
         autocast: Callable[[], ContextManager] = contextlib.nullcontext,
         scaler: torch.amp.GradScaler | None = None,
+        capturable: bool = False,
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
@@ -73,7 +74,8 @@ class Architect:
         # the weight of L_β in use: λ unless the search loop ramps it (`regularizers.beta_decay_weight`)
         self.beta_weight = beta_decay
         # "adam": Wang et al., 2024; "edge_adam": one second moment per edge (see sase.search.optim)
-        self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay)
+        # capturable: the step can be recorded in a CUDA graph (sase.search.graphs)
+        self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay, capturable)
         self.autocast, self.scaler = autocast, scaler  # mixed precision: the search's, see the module's doc
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> Tensor | None:

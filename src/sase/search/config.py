@@ -24,7 +24,7 @@ class SearchConfig(RunConfig):
 
     KIND = "search"
     # may differ on resume: they do not change the result (a device changes only float rounding)
-    KNOBS = ("out", "workers", "checkpoint_every", "download", "device")
+    KNOBS = ("out", "workers", "checkpoint_every", "download", "device", "cuda_graphs")
     RANGES = {
         "image_size": Range(1), "epochs": Range(1), "batch_size": Range(1),
         "train_portion": Range(0, 1, low_open=True, high_open=True), "seed": SEEDS,
@@ -69,6 +69,7 @@ class SearchConfig(RunConfig):
     checkpoint_every: int = 20  # steps between checkpoints (one is also written at every epoch end)
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"  # auto: cuda when available, else cpu
+    cuda_graphs: bool = True  # on one CUDA device: each search step replayed from a CUDA graph (sase.search.graphs)
     amp: str | None = None  # None: float32; "bf16" autocast; "fp16" autocast, w and α gradients through a scaler
     out: str = "runs/search"
 

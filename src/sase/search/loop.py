@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,22 +38,23 @@ from tqdm.auto import tqdm
 from ..data import build_dataset
 from ..genotype import Genotype
 from ..train.recipe import autocast, build_scaler, full_precision, resolve_device
-from ..utils.checkpoint import rng_state, save_atomic, set_rng_state
-from ..utils.csvlog import append_csv, read_csv, truncate_csv
-from ..utils.distributed import barrier, broadcast_buffers, broadcast_object, check_batch, setup, world
-from ..utils.folders import check_out, make_out
+from ..utils.csvlog import append_csv, read_csv
+from ..utils.distributed import broadcast_buffers, broadcast_object, check_batch, setup, world
+from ..utils.folders import check_out
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from ..utils.totals import LOG_EVERY, Totals
 from .architect import ORDERS, Architect
 from .config import SearchConfig
+from .graphs import GraphedStep, graphs_unavailable
 from .hessian import dominant_eigenvalue
 from .regularizers import beta_decay_weight
+from .run_folder import CHECKPOINT, RunFolder
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
 from .supernet import Supernet, main_genotype
 from .verdict import Verdict, judge, verdict_columns
 
-CHECKPOINT = "checkpoint.pt"
+Batch = tuple[torch.Tensor, torch.Tensor]
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
 # images of the weights' half whose batch statistics replace BatchNorm's running ones before every evaluation
 RECALIBRATION_IMAGES = 1024
@@ -76,7 +77,7 @@ class SearchResult:
     probs: list  # softmax(α) at the end, (groups, 6 edges, K candidates) as nested lists
 
 
-class Search:
+class Search(RunFolder):
     """A search run in `config.out`, fresh or resumed from its checkpoint."""
 
     def __init__(self, config: SearchConfig, resume: bool = False, progress: bool = True) -> None:
@@ -106,10 +107,14 @@ class Search:
         self.fit_batches = self._batches(self.fit_idx, config.seed)
         self.val_batches = self._batches(self.val_idx, config.seed + 1)
         self.arch_lr = config.resolved_arch_lr(self.steps_per_epoch())
+        # on one CUDA device the step is launch-bound: replay it from a CUDA graph (see sase.search.graphs)
+        use_graphs = config.cuda_graphs and graphs_unavailable(self.device, self.world.distributed, config.amp) is None
+        self.graphed = GraphedStep() if use_graphs else None
         self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=self.arch_lr,
                                    betas=(config.arch_beta1, config.arch_beta2),
                                    weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay,
-                                   optimizer=config.arch_optimizer, autocast=self._autocast, scaler=self.scaler)
+                                   optimizer=config.arch_optimizer, autocast=self._autocast, scaler=self.scaler,
+                                   capturable=use_graphs)
         self.epoch, self.step, self.totals = 0, 0, self._totals()
         if resume:
             self._load()
@@ -125,7 +130,7 @@ class Search:
         return sampler, loader
 
     def _autocast(self):
-        return autocast(self.config.amp, self.device)
+        return autocast(self.config.amp, self.device, cache=self.graphed is None)
 
     def _totals(self, saved: dict | None = None) -> Totals:
         return Totals(saved, across_processes=self.world.distributed)  # sums of the global batch
@@ -161,11 +166,9 @@ class Search:
         while self.step < steps:
             train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
             n = len(train_batch[1])
-            if search_alpha:
-                val_loss = self.architect.step(train_batch, val_batch, xi=self.scheduler.get_last_lr()[0])
-                if val_loss is not None:  # None: an fp16 overflow, skipped like the weights' own
-                    t.add("alpha_loss", val_loss * n)  # summed only to see that it stays finite
-            loss, correct = self._weight_step(train_batch)
+            loss, correct, val_loss = self._search_step(train_batch, val_batch, search_alpha)
+            if val_loss is not None:  # None: α is frozen, or an fp16 overflow skipped the step like the weights' own
+                t.add("alpha_loss", val_loss * n)  # summed only to see that it stays finite
             t.add("loss", loss * n)
             t.add("correct", correct)
             t.add("seen", n)
@@ -179,7 +182,23 @@ class Search:
                 self._save()
         bar.close()
 
-    def _weight_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search_step(self, train_batch: Batch, val_batch: Batch, search_alpha: bool) -> tuple[torch.Tensor, ...]:
+        """An α step (unless α is frozen) then a weight step: (loss, hits, α's validation loss or None).
+
+        With CUDA graphs the step is replayed from a recording; what the recording bakes in is its key.
+        """
+        lr = self.scheduler.get_last_lr()[0]
+
+        def step(train_batch: Batch, val_batch: Batch) -> tuple[torch.Tensor | None, ...]:
+            val_loss = self.architect.step(train_batch, val_batch, xi=lr) if search_alpha else None
+            return (*self._weight_step(train_batch), val_loss)
+
+        if self.graphed is None:
+            return step(train_batch, val_batch)
+        key = (search_alpha, lr, self.optimizer.param_groups[0]["lr"], self.architect.beta_weight)
+        return self.graphed(step, train_batch, val_batch, key, warm_key=search_alpha)  # α's first step makes its state
+
+    def _weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step of the weights; (loss, hits) as tensors on the device."""
         x, y = batch
         self.model.train()
@@ -187,7 +206,14 @@ class Search:
         with self._autocast():
             logits = self.ddp(x)
         loss = F.cross_entropy(full_precision(logits), y)  # in float32 at least, as in training
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.graphed is not None:
+            # no backward(): its AccumulateGrad nodes keep the stream they were made on, which a recording
+            # must not wait on (pytorch/pytorch#137483); nor a gradient for α, which this step does not move
+            params = self.model.weight_parameters()
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                p.grad = g
+        else:
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.model.alpha.grad = None  # α moves only in the architect's step
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -311,63 +337,6 @@ class Search:
         if self.config.per_stage:
             per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, genotypes)}
             (self.out / "genotypes_per_stage.json").write_text(json.dumps(per_stage, indent=2) + "\n")
-
-    # -- folder and checkpoint
-    def _start_folder(self) -> None:
-        if (self.out / CHECKPOINT).exists():
-            raise FileExistsError(f"{self.out} already holds a search; resume it with --resume or pick another --out")
-        barrier()  # every process has looked before rank 0 writes
-        if self.world.main:
-            make_out(self.out)
-            (self.out / "history.csv").unlink(missing_ok=True)
-            self._write_config()
-
-    def _write_config(self) -> None:
-        """config.json: on resume too, so that it names this folder and the epochs the run now has."""
-        (self.out / "config.json").write_text(self.config.to_json() + "\n")
-
-    def _save(self) -> None:
-        totals = dict(self.totals.read())  # on every process: the read sums over them
-        if not self.world.main:  # rank 0's BatchNorm statistics are the run's: it saves its own
-            return
-        save_atomic({
-            "config": asdict(self.config), "epoch": self.epoch, "step": self.step,
-            "totals": totals, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "architect": self.architect.state_dict(), "rng": rng_state(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "history_rows": self._history_rows(),
-        }, self.out / CHECKPOINT)
-
-    def _history_rows(self) -> int:
-        return len(read_csv(self.out / "history.csv"))
-
-    def _load(self) -> None:
-        state = self.config.resume_state(CHECKPOINT)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self._stretch_schedule()
-        self.architect.load_state_dict(state["architect"])
-        self.arch_lr = self.architect.optimizer.param_groups[0]["lr"]  # the run's own, whatever its epochs now
-        set_rng_state(state["rng"])
-        self.epoch, self.step, self.totals = state["epoch"], state["step"], self._totals(state["totals"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.world.main:
-            truncate_csv(self.out / "history.csv", state["history_rows"])
-            self._write_config()
-
-    def _stretch_schedule(self) -> None:
-        """After a resume with more epochs: the weights' cosine over the new total, from the epoch the run is at."""
-        s = self.scheduler
-        if s.T_max == self.config.epochs:
-            return
-        s.T_max = self.config.epochs
-        # CosineAnnealingLR steps recursively from the current lr: put that lr on the new curve and the rest follows
-        for group, base in zip(self.optimizer.param_groups, s.base_lrs):
-            group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * s.last_epoch / s.T_max)) / 2
-        s._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
 
 
 def probabilities(alpha: torch.Tensor) -> list:

@@ -22,7 +22,8 @@ class EdgeAdam(torch.optim.Optimizer):
     """Adam whose second moment is averaged over the last axis (the candidates of an edge).
 
     Weight decay is added to the gradient (L2, as torch.optim.Adam does), and both moments are
-    bias-corrected as in Adam (Kingma & Ba, ICLR 2015).
+    bias-corrected as in Adam (Kingma & Ba, ICLR 2015). The step count is a tensor beside the parameter,
+    so a step reads nothing back to the host and can be recorded in a CUDA graph (`sase.search.graphs`).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -40,24 +41,31 @@ class EdgeAdam(torch.optim.Optimizer):
                 grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p[..., :1])  # (..., 1): one per edge
+                elif not torch.is_tensor(state["step"]) or state["step"].device != p.device:
+                    # loaded from a checkpoint: written on another device, or when the count was a Python int
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).to(p.device)
                 state["step"] += 1
                 t = state["step"]
                 state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).add_(grad.square().mean(-1, keepdim=True), alpha=1 - beta2)
-                m_hat = state["exp_avg"] / (1 - beta1 ** t)
-                v_hat = state["exp_avg_sq"] / (1 - beta2 ** t)
+                m_hat = state["exp_avg"] / (1 - beta1 ** t).to(p.dtype)
+                v_hat = state["exp_avg_sq"] / (1 - beta2 ** t).to(p.dtype)
                 p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
         return loss
 
 
 def arch_optimizer(name: str, params: Iterable[Tensor], lr: float, betas: tuple[float, float],
-                   weight_decay: float) -> torch.optim.Optimizer:
-    """The α optimiser by name: "adam" (DARTS, Wang et al., 2024) or "edge_adam"."""
+                   weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
+    """The α optimiser by name: "adam" (DARTS, Wang et al., 2024) or "edge_adam".
+
+    `capturable`: Adam keeps its step count on the device, so its step can be recorded in a CUDA graph
+    (EdgeAdam always does).
+    """
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, capturable=capturable)
     if name == "edge_adam":
         return EdgeAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     raise ValueError(f"unknown α optimiser {name!r}; valid choices: {', '.join(ARCH_OPTIMIZERS)}")

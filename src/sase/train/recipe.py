@@ -58,11 +58,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(amp: str | None, device: torch.device) -> ContextManager:
-    """torch.autocast to the run's half type on `device`, or nothing for float32."""
+def autocast(amp: str | None, device: torch.device, cache: bool = True) -> ContextManager:
+    """torch.autocast to the run's half type on `device`, or nothing for float32.
+
+    `cache=False` inside a CUDA graph recording: cached casts would outlive the recording.
+    """
     if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp], cache_enabled=cache)
 
 
 def build_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler | None:

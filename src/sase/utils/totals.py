@@ -28,7 +28,8 @@ class Totals:
 
     def add(self, name: str, value: Tensor | float) -> None:
         if isinstance(value, Tensor):
-            value = value.detach().to(torch.float64)
+            # a copy: the value may be a CUDA graph's output, which the next replay overwrites
+            value = value.detach().to(torch.float64, copy=True)
             pending = self._pending.get(name)
             self._pending[name] = value if pending is None else pending + value
         elif self.across:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.features import at_least_one, no_autocast, wide
+from ..ops.features import at_least_one, exporting, no_autocast, wide
 
 
 class SimAM(nn.Module):
@@ -33,8 +33,12 @@ class SimAM(nn.Module):
         x32 = wide(x)
         d = (x32 - x32.mean((2, 3), keepdim=True)).pow(2)
         v = d.sum((2, 3), keepdim=True) / n  # (B, C, H, W) -> (B, C, 1, 1)
-        energy = d / (4 * (v + self.e_lambda)) + 0.5
-        return x * torch.sigmoid(energy).to(x.dtype)
+        if torch.is_grad_enabled() or exporting() or x32 is not x:
+            energy = d / (4 * (v + self.e_lambda)) + 0.5
+            return x * torch.sigmoid(energy).to(x.dtype)
+        # inference on a float32 map: d's buffer becomes the energy, the gate and the output in turn, so the
+        # module holds one full-size buffer as SE does, not four
+        return d.div_(4 * (v + self.e_lambda)).add_(0.5).sigmoid_().mul_(x)
 
     def extra_repr(self) -> str:
         return f"e_lambda={self.e_lambda}"

@@ -244,3 +244,27 @@ def test_evaluation_recomputes_batchnorm_statistics_for_the_current_weights(tmp_
     batch_means = [x.mean((0, 2, 3)) for x in inputs[:loader_batches]]  # the recalibration's passes come first
     assert sum(len(x) for x in inputs[:loader_batches]) == images
     torch.testing.assert_close(stem_bn.running_mean, torch.stack(batch_means).mean(0))
+
+
+def test_a_step_that_cannot_be_recorded_as_a_cuda_graph_is_one_clear_error(monkeypatch):
+    # the recording itself needs a GPU; here it fails as torch.cuda.graph fails on an op it cannot record
+    from sase.search import graphs
+
+    class Refused:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(graphs.torch.cuda, "graph", Refused)
+    monkeypatch.setattr(graphs.torch.cuda, "CUDAGraph", lambda: None)
+    recorded = graphs.GraphedStep(warmup=0)
+    batch = (torch.zeros(2, 3), torch.zeros(2))
+    with pytest.raises(graphs.GraphRecordingError, match=r"^recording the search step as a CUDA graph failed "
+                       r"\(operation not permitted when stream is capturing\); run again with --no-cuda-graphs"):
+        recorded(lambda train, val: (train[0].sum(),), batch, batch, key=None)
+    assert recorded.graph is None and recorded.recordings == 0

@@ -35,6 +35,10 @@ Step = Callable[[Batch, Batch], tuple[Tensor | None, ...]]
 WARMUP_STEPS = 2  # eager steps on a side stream before a recording: lazy state, cudnn's choice of kernels
 
 
+class GraphRecordingError(RuntimeError):
+    """Recording the step as a CUDA graph failed: an op that cannot be recorded, on this GPU or torch version."""
+
+
 class GraphedStep:
     """Runs `step(train_batch, val_batch)` eagerly for a few calls, then records it and replays the recording.
 
@@ -79,9 +83,14 @@ class GraphedStep:
         self.graph, self.outputs = None, ()  # the last recording's memory goes back before the next takes its own
         self.inputs = [t.clone() for t in batches]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            x, y, xv, yv = self.inputs
-            self.outputs = step((x, y), (xv, yv))
+        try:
+            with torch.cuda.graph(graph):
+                x, y, xv, yv = self.inputs
+                self.outputs = step((x, y), (xv, yv))
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise GraphRecordingError(f"recording the search step as a CUDA graph failed ({first_line}); run "
+                                      "again with --no-cuda-graphs to take every step eagerly") from err
         self.graph = graph
         self.recordings += 1
 
@@ -107,4 +116,4 @@ def graphs_unavailable(device: torch.device, distributed: bool, amp: str | None)
     return None
 
 
-__all__ = ["GraphedStep", "WARMUP_STEPS", "graphs_unavailable"]
+__all__ = ["GraphRecordingError", "GraphedStep", "WARMUP_STEPS", "graphs_unavailable"]

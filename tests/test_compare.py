@@ -276,8 +276,8 @@ def test_random_baseline_end_to_end(tmp_path, capsys):
 
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     out = tmp_path / "pipe"
-    args = ["pipeline", "--search-epochs", "1", "--epochs", "1", "--seeds", "0", "--steps-per-epoch", "2",
-            "--batch-size", "8", "--image-size", "8", "--quiet", "--out", str(out)]
+    args = ["pipeline", "--search-epochs", "1", "--search-steps", "2", "--epochs", "1", "--seeds", "0",
+            "--steps-per-epoch", "2", "--batch-size", "8", "--image-size", "8", "--quiet", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     genotype = Genotype.from_json(out / "search" / "genotype.json")

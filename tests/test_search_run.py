@@ -205,7 +205,7 @@ def test_search_on_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, ca
 
 def test_search_device_is_saved_and_may_change_on_resume(tmp_path):
     out = tmp_path / "r"
-    assert main(["search", *CLI_TINY, "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["search", *CLI_TINY, "--order", "1", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["device"] == "cpu"
     # the device changes where the run computes, not what: a resume may take another one
     assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--device", "auto", "--quiet"]) == 0

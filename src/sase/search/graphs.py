@@ -30,7 +30,8 @@ from typing import Callable, Hashable
 import torch
 from torch import Tensor
 
-Batch = tuple[Tensor, Tensor]
+from .architect import Batch
+
 Step = Callable[[Batch, Batch], tuple[Tensor | None, ...]]
 WARMUP_STEPS = 2  # eager steps on a side stream before a recording: lazy state, cudnn's choice of kernels
 
@@ -55,6 +56,7 @@ class GraphedStep:
         self.outputs: tuple[Tensor | None, ...] = ()
         self.warm: dict[Hashable, int] = {}  # eager warm-up steps taken, per (warm_key, shapes of the batches)
         self.recordings = 0  # how many times a step was recorded (each costs about one eager step)
+        self.side: torch.cuda.Stream | None = None  # the warm-up's stream, made on first use
 
     def __call__(self, step: Step, train_batch: Batch, val_batch: Batch, key: Hashable,
                  warm_key: Hashable = None) -> tuple[Tensor | None, ...]:
@@ -71,13 +73,22 @@ class GraphedStep:
         warm = (warm_key, shapes)
         if self.graph is None and self.warm.get(warm, 0) < self.warmup:
             self.warm[warm] = self.warm.get(warm, 0) + 1
-            return _on_side_stream(step, train_batch, val_batch)
+            return self._on_side_stream(step, train_batch, val_batch)
         if self.graph is None:
             self._record(step, batches)
         for static, t in zip(self.inputs, batches):
             static.copy_(t, non_blocking=True)
         self.graph.replay()
         return self.outputs
+
+    def _on_side_stream(self, step: Step, train_batch: Batch, val_batch: Batch) -> tuple[Tensor | None, ...]:
+        """An eager step on a side stream, as a recording's warm-up must run (torch.cuda.graph's documentation)."""
+        self.side = self.side or torch.cuda.Stream()
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            out = step(train_batch, val_batch)
+        torch.cuda.current_stream().wait_stream(self.side)
+        return out
 
     def _record(self, step: Step, batches: tuple[Tensor, ...]) -> None:
         self.graph, self.outputs = None, ()  # the last recording's memory goes back before the next takes its own
@@ -93,16 +104,6 @@ class GraphedStep:
                                       "again with --no-cuda-graphs to take every step eagerly") from err
         self.graph = graph
         self.recordings += 1
-
-
-def _on_side_stream(step: Step, train_batch: Batch, val_batch: Batch) -> tuple[Tensor | None, ...]:
-    """An eager step on a side stream, as a recording's warm-up must run (torch.cuda.graph's documentation)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = step(train_batch, val_batch)
-    torch.cuda.current_stream().wait_stream(side)
-    return out
 
 
 def graphs_unavailable(device: torch.device, distributed: bool, amp: str | None) -> str | None:

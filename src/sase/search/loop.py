@@ -43,7 +43,7 @@ from ..utils.distributed import broadcast_buffers, broadcast_object, check_batch
 from ..utils.folders import check_out
 from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from ..utils.totals import LOG_EVERY, Totals
-from .architect import ORDERS, Architect
+from .architect import ORDERS, Architect, Batch
 from .config import SearchConfig
 from .graphs import GraphedStep, graphs_unavailable
 from .hessian import dominant_eigenvalue
@@ -54,7 +54,6 @@ from .select import perturbation_select
 from .supernet import Supernet, main_genotype
 from .verdict import Verdict, judge, verdict_columns
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
 # images of the weights' half whose batch statistics replace BatchNorm's running ones before every evaluation
 RECALIBRATION_IMAGES = 1024
@@ -195,7 +194,7 @@ class Search(RunFolder):
 
         if self.graphed is None:
             return step(train_batch, val_batch)
-        key = (search_alpha, lr, self.optimizer.param_groups[0]["lr"], self.architect.beta_weight)
+        key = (search_alpha, lr, self.architect.beta_weight)  # lr: the weights' (SGD's) and ξ, the same number
         return self.graphed(step, train_batch, val_batch, key, warm_key=search_alpha)  # α's first step makes its state
 
     def _weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,7 +132,9 @@ def test_a_replayed_search_step_equals_the_eager_step(tmp_path, monkeypatch, ord
     for b in batches[:3]:  # two eager warm-up steps, then a recording and its replay
         search._search_step(*b, search_alpha=True)
     assert search.graphed.recordings == 1
-    tol = 1e-3 if amp is None else 5e-2
+    # second order's finite-difference Hessian-vector product divides two nearly equal float32 gradients by
+    # 2ε, which amplifies rounding (on an H100: 1.5e-3 on the stem's update, where the exact order stays under 1e-3)
+    tol = 5e-2 if amp else 1e-2 if order == "2" else 1e-3
     for b in batches[3:]:  # from the same state, a replay and an eager step must make the same update
         before = [t.clone() for t in live_state(search)]
         replayed = [t.clone() for t in search._search_step(*b, search_alpha=True)]

@@ -122,6 +122,8 @@ def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
     assert not (cut / "verdict.json").exists()  # written only by a finished search
     assert main([*args, "--out", str(cut), "--resume"]) == 0
     assert_same_state(final_state(cut), final_state(tmp_path / "whole"))
+    # the verdict weighs the last epoch's α gradients, those taken before the kill included
+    assert (cut / "verdict.json").read_text() == (tmp_path / "whole" / "verdict.json").read_text()
     assert Genotype.from_json(cut / "genotype.json") == Genotype.from_json(tmp_path / "whole" / "genotype.json")
 
 

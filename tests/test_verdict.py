@@ -15,6 +15,7 @@ from sase.ops import OPS
 from sase.cell import EDGES
 from sase.search import DECIDED_MARGIN, SearchConfig, judge, read_verdict, run_search
 from sase.search.config import REFERENCE_ALPHA_STEPS, REFERENCE_ARCH_LR
+from sase.search.evidence import saved_evidence
 from sase.utils.checkpoint import load_checkpoint
 
 TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, checkpoint_every=1, order="1")
@@ -102,9 +103,10 @@ def test_large_alpha_lr_moves_alpha_far_and_the_verdict_file_is_the_judgement_of
     result = run_search(config, progress=False)
     margins = sorted(e.top_prob - e.runner_up_prob for e in result.verdict.edges)
     assert margins[len(margins) // 2] > 0.03, margins
-    alpha = load_checkpoint(tmp_path / "checkpoint.pt")["model"]["alpha"]
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     saved = json.loads((tmp_path / "verdict.json").read_text())
-    assert saved == json.loads(json.dumps(judge(alpha, config.decided_margin).to_dict()))
+    judged = judge(checkpoint["model"]["alpha"], config.decided_margin, saved_evidence(checkpoint))
+    assert saved == json.loads(json.dumps(judged.to_dict()))
 
 
 @pytest.mark.parametrize("field,value", [("steps_per_epoch", 0), ("lr_min", -1.0), ("arch_lr", 0.0),

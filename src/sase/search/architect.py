@@ -36,6 +36,7 @@ from torch.func import functional_call
 
 from ..train.recipe import full_precision
 from ..utils.distributed import average_
+from .evidence import EdgeEvidence
 from .regularizers import beta_decay_loss
 from .optim import arch_optimizer
 from .supernet import Supernet
@@ -63,6 +64,7 @@ class Architect:
         autocast: Callable[[], ContextManager] = contextlib.nullcontext,
         scaler: torch.amp.GradScaler | None = None,
         capturable: bool = False,
+        track_evidence: bool = True,
     ) -> None:
         if order not in (1, 2, "exact"):
             raise ValueError(f"order must be 1, 2 or 'exact', got {order!r}")
@@ -77,6 +79,8 @@ class Architect:
         # capturable: the step can be recorded in a CUDA graph (sase.search.graphs)
         self.optimizer = arch_optimizer(optimizer, model.arch_parameters(), lr, betas, weight_decay, capturable)
         self.autocast, self.scaler = autocast, scaler  # mixed precision: the search's, see the module's doc
+        # each step's validation-loss gradient, summed for the verdict's indifference test (sase.search.evidence)
+        self.evidence: EdgeEvidence | None = EdgeEvidence(model.alpha) if track_evidence else None
 
     def step(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> Tensor | None:
         """One α step; returns the validation loss it measured, None when fp16 overflowed and the step was skipped.
@@ -85,10 +89,13 @@ class Architect:
         current lr.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        grad, loss = self.alpha_gradient(train_batch, val_batch, xi)
+        grad, loss = self.hypergradient(train_batch, val_batch, xi)
+        average_([grad])  # the mean over the processes (nothing in one process)
         if self.scaler is not None and not bool(torch.isfinite(grad).all()):
             return None  # as the weights' scaler skips their step; the scale is lowered by the weights' step
-        self.model.alpha.grad = grad
+        if self.evidence is not None:
+            self.evidence.add(grad, self.model.alpha)  # the validation loss's own gradient, without L_β
+        self.model.alpha.grad = self.add_beta_decay(grad)
         self.optimizer.step()
         return loss
 
@@ -96,10 +103,14 @@ class Architect:
         """(∇α of the chosen order + beta_weight · ∇α L_β, validation loss), without stepping anything."""
         grad, loss = self.hypergradient(train_batch, val_batch, xi)
         average_([grad])  # the mean over the processes (nothing in one process)
-        if self.beta_weight:
-            alpha = self.model.alpha.detach().requires_grad_()
-            grad = grad + self.beta_weight * torch.autograd.grad(beta_decay_loss(alpha), alpha)[0]
-        return grad, loss
+        return self.add_beta_decay(grad), loss
+
+    def add_beta_decay(self, grad: Tensor) -> Tensor:
+        """grad + beta_weight · ∇α L_β(α) (grad itself when Beta-Decay is off)."""
+        if not self.beta_weight:
+            return grad
+        alpha = self.model.alpha.detach().requires_grad_()
+        return grad + self.beta_weight * torch.autograd.grad(beta_decay_loss(alpha), alpha)[0]
 
     def hypergradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, Tensor]:
         """(∇α of the validation loss, of the chosen order, validation loss)."""
@@ -174,12 +185,19 @@ class Architect:
         grads = torch.autograd.grad(output * scale, inputs, **kwargs)
         return tuple(None if g is None else g / scale for g in grads)
 
-    # -- checkpointing: α's Adam state
+    # -- checkpointing: α's optimiser state and the evidence of the epoch so far
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+        state = self.optimizer.state_dict()
+        return state if self.evidence is None else {**state, "evidence": self.evidence.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        evidence = state.pop("evidence", None)  # absent from checkpoints written before it was kept
         self.optimizer.load_state_dict(state)
+        if self.evidence is not None:
+            self.evidence.reset()
+            if evidence is not None:
+                self.evidence.load_state_dict(evidence)
 
 
 def _fresh(weights: dict[str, Tensor]) -> dict[str, Tensor]:

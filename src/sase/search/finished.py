@@ -8,6 +8,7 @@ from ..genotype import Genotype
 from ..utils.checkpoint import load_checkpoint
 from ..utils.csvlog import read_csv
 from .config import SearchConfig
+from .evidence import saved_evidence
 from .loop import CHECKPOINT, SearchResult, probabilities, run_search
 from .verdict import VERDICT, judge
 
@@ -46,7 +47,8 @@ def _finished(config: SearchConfig, state: dict) -> SearchResult:
         widths, genotypes = [], [genotype]
     last = rows[-1] if rows else {}
     return SearchResult(genotype, genotypes, widths, out, float(last.get("val_acc", "nan")), 0.0,
-                        judge(alpha, config.decided_margin), float(last.get("arch_lr", "nan")), probabilities(alpha))
+                        judge(alpha, config.decided_margin, saved_evidence(state)), float(last.get("arch_lr", "nan")),
+                        probabilities(alpha))
 
 
 __all__ = ["ensure_search"]

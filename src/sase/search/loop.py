@@ -161,6 +161,8 @@ class Search(RunFolder):
         bar = tqdm(total=steps, initial=self.step, desc=f"search {epoch + 1}/{self.config.epochs}",
                    disable=not self.progress, leave=False)
         search_alpha = epoch >= self.config.warmup_epochs
+        if self.step == 0 and self.architect.evidence is not None:
+            self.architect.evidence.reset()  # the verdict weighs the gradients of the latest epoch alone
         t = self.totals  # losses and hits stay on the device; read every LOG_EVERY steps, not every step
         while self.step < steps:
             train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
@@ -280,7 +282,7 @@ class Search(RunFolder):
         self._save()
 
     def verdict(self) -> Verdict:
-        return judge(self.model.alpha, self.config.decided_margin)
+        return judge(self.model.alpha, self.config.decided_margin, self.architect.evidence)
 
     def _finish(self, seconds: float) -> SearchResult:
         if self.config.select != "argmax":

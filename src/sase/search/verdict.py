@@ -1,12 +1,20 @@
-"""Whether a search decided: per edge, the top candidate's probability and its lead over the runner-up.
+"""Whether a search decided: per edge, the top candidate's probability, its lead, and what the gradients say.
 
 DARTS derives a genotype by the argmax of α on every edge, and an argmax always exists: a search
 whose α never moved from its random initialisation still "finds" a block, the argmax of that noise.
-The verdict separates the two. An edge is *decided* when softmax(α_edge) puts its top candidate at
-least `margin` (an absolute probability, default 0.10) above the runner-up; a search is decided
-when every edge of every α group is. With seven candidates a uniform edge sits at 1/7 ≈ 0.143 each;
-a lead of 0.10 is then, e.g., 0.25 against 0.15: a preference no initial noise (1e-3·N(0, 1))
-produces, and far short of the near one-hot α of a long search.
+The verdict separates the two. Each edge of each α group is in one of three states:
+
+- *decided*: softmax(α_edge) puts its top candidate at least `margin` (an absolute probability,
+  default 0.10) above the runner-up. With seven candidates a uniform edge sits at 1/7 ≈ 0.143 each;
+  a lead of 0.10 is then, e.g., 0.25 against 0.15: a preference no initial noise (1e-3·N(0, 1))
+  produces, and far short of the near one-hot α of a long search.
+- *indifferent*: no such lead, but the α gradients of the last epoch show, at 95% confidence, that
+  switching the edge to any other candidate changes the validation loss by less than a tenth of what
+  the choice on the group's most decisive edge does (`sase.search.evidence`): its candidates are
+  interchangeable as far as the search can measure, so the argmax is as good a pick as any.
+- *undecided*: neither; the genotype there is a pick among candidates the search could not tell apart.
+
+A search is decided when no edge is undecided.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from torch import Tensor
 
 from ..cell import EDGES
 from ..ops import OPS
+from .evidence import INDIFFERENCE_SHARE, EdgeEvidence
 
 DECIDED_MARGIN = 0.10  # lead of the top candidate over the runner-up, in probability, for an edge to count
 VERDICT = "verdict.json"  # written beside genotype.json
@@ -35,6 +44,10 @@ class EdgeVerdict:
     top_prob: float
     runner_up: str
     runner_up_prob: float
+    state: str = "undecided"  # decided | indifferent | undecided (see the module's doc)
+    # the largest switch effect's 95% bound and the tolerance it was held to, in validation loss (None: no evidence)
+    effect_bound: float | None = None
+    tolerance: float | None = None
 
     @property
     def margin(self) -> float:
@@ -50,7 +63,11 @@ class Verdict:
 
     @property
     def undecided(self) -> list[EdgeVerdict]:
-        return [e for e in self.edges if e.margin < self.margin]
+        return [e for e in self.edges if e.state == "undecided"]
+
+    @property
+    def indifferent(self) -> list[EdgeVerdict]:
+        return [e for e in self.edges if e.state == "indifferent"]
 
     @property
     def decided(self) -> bool:
@@ -62,11 +79,15 @@ class Verdict:
 
     def summary(self) -> str:
         """One line: decided or not, and the weakest edge."""
-        weakest = min(self.edges, key=lambda e: e.margin)
+        weakest = min(self.undecided or self.edges, key=lambda e: e.margin)
         state = "decided" if self.decided else f"UNDECIDED on {len(self.undecided)} of {len(self.edges)} edges"
+        if self.indifferent:
+            state += f" ({len(self.indifferent)} indifferent: {', '.join(_name(e) for e in self.indifferent)})"
         return (f"α {state} (an edge is decided when its top candidate leads the runner-up by at least "
-                f"{self.margin:.2f}); weakest edge {weakest.edge}: {weakest.top} {weakest.top_prob:.3f} vs "
-                f"{weakest.runner_up} {weakest.runner_up_prob:.3f}")
+                f"{self.margin:.2f}, indifferent when the gradients show its choice changes the validation loss "
+                f"by under {INDIFFERENCE_SHARE:.0%} of the most decisive edge's); weakest "
+                f"{'undecided ' if self.undecided else ''}edge {_name(weakest)}: {weakest.top} "
+                f"{weakest.top_prob:.3f} vs {weakest.runner_up} {weakest.runner_up_prob:.3f}")
 
     def warning(self) -> str:
         """What an undecided search means and what to do about it (empty when decided)."""
@@ -80,7 +101,9 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"decided": self.decided, "margin_threshold": self.margin, "min_margin": round(self.min_margin, 6),
-                "undecided_edges": [e.edge if e.group == 0 else f"g{e.group}/{e.edge}" for e in self.undecided],
+                "indifference_share": INDIFFERENCE_SHARE,
+                "undecided_edges": [_name(e) for e in self.undecided],
+                "indifferent_edges": [_name(e) for e in self.indifferent],
                 "edges": [{**asdict(e), "margin": round(e.margin, 6)} for e in self.edges]}
 
     def write(self, folder: Path) -> Path:
@@ -89,17 +112,28 @@ class Verdict:
         return path
 
 
-def judge(alpha: Tensor, margin: float = DECIDED_MARGIN) -> Verdict:
-    """The verdict on α of shape (groups, 6 edges, K candidates)."""
+def judge(alpha: Tensor, margin: float = DECIDED_MARGIN, evidence: EdgeEvidence | None = None) -> Verdict:
+    """The verdict on α of shape (groups, 6 edges, K candidates), with the α gradients' `evidence` if kept."""
     probs = torch.softmax(alpha.detach().double(), -1)
+    effects = evidence.effects(probs.argmax(-1)) if evidence is not None else None
     edges = []
     for g, group in enumerate(probs):
-        for edge, p in zip(EDGES, group):
+        for e, (edge, p) in enumerate(zip(EDGES, group)):
             names = list(OPS[edge.op_set])
             top2 = torch.topk(p, 2)
             (i, j), (pi, pj) = top2.indices.tolist(), top2.values.tolist()
-            edges.append(EdgeVerdict(g, edge.name, names[i], round(pi, 6), names[j], round(pj, 6)))
+            effect = effects[g][e] if effects is not None else None
+            state = "decided" if pi - pj >= margin else \
+                "indifferent" if effect is not None and effect.indifferent else "undecided"
+            bound = None if effect is None or effect.steps < 2 else round(max(effect.bounds), 8)
+            tolerance = None if effect is None or effect.steps < 2 else round(effect.tolerance, 8)
+            edges.append(EdgeVerdict(g, edge.name, names[i], round(pi, 6), names[j], round(pj, 6), state,
+                                     bound, tolerance))
     return Verdict(tuple(edges), margin)
+
+
+def _name(e: EdgeVerdict) -> str:
+    return e.edge if e.group == 0 else f"g{e.group}/{e.edge}"
 
 
 def verdict_columns(verdict: Verdict, groups: int) -> dict[str, Any]:
@@ -109,6 +143,7 @@ def verdict_columns(verdict: Verdict, groups: int) -> dict[str, Any]:
         prefix = f"g{e.group}/{e.edge}" if groups > 1 else e.edge
         row[f"top/{prefix}"] = e.top_prob
         row[f"margin/{prefix}"] = round(e.margin, 6)
+        row[f"state/{prefix}"] = e.state
     row["decided"] = verdict.decided
     return row
 

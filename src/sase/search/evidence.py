@@ -6,7 +6,7 @@ so g_k / p_k = d_k - p·d, and for two candidates k and j
     g_k / p_k - g_j / p_j = d_k - d_j:
 the first-order change of L when the edge's weight moves wholly from candidate j to candidate k. Every
 α step measures it on a fresh validation batch, so its mean over the steps of an epoch, and that
-mean's standard error, come free with the search.
+mean's standard error, come free with the search (over the last `WINDOW_STEPS` or more α steps).
 
 This is what tells an edge whose candidates are interchangeable from one that merely has not had
 enough steps. α leads by a margin only where the loss keeps preferring one candidate; where the
@@ -31,6 +31,9 @@ from torch import Tensor
 INDIFFERENCE_SHARE = 0.1  # an indifferent edge's effect is under a tenth of the most decisive edge's
 CONFIDENCE = 0.95
 MIN_STEPS = 10  # fewer α steps in the window than this: no edge is called indifferent
+# The search weighs the α steps of its last epochs, as many whole epochs as hold this many steps (the supernet
+# near its final state, with enough batches for an interval); earlier epochs likewise, for history.csv.
+WINDOW_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -116,4 +119,4 @@ def saved_evidence(checkpoint: dict) -> EdgeEvidence | None:
     return evidence
 
 
-__all__ = ["CONFIDENCE", "INDIFFERENCE_SHARE", "MIN_STEPS", "EdgeEffect", "EdgeEvidence", "saved_evidence"]
+__all__ = ["CONFIDENCE", "INDIFFERENCE_SHARE", "MIN_STEPS", "WINDOW_STEPS", "EdgeEffect", "EdgeEvidence", "saved_evidence"]

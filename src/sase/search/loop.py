@@ -52,6 +52,7 @@ from .run_folder import CHECKPOINT, RunFolder
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
 from .supernet import Supernet, main_genotype
+from .evidence import WINDOW_STEPS
 from .verdict import Verdict, judge, verdict_columns
 
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
@@ -161,8 +162,8 @@ class Search(RunFolder):
         bar = tqdm(total=steps, initial=self.step, desc=f"search {epoch + 1}/{self.config.epochs}",
                    disable=not self.progress, leave=False)
         search_alpha = epoch >= self.config.warmup_epochs
-        if self.step == 0 and self.architect.evidence is not None:
-            self.architect.evidence.reset()  # the verdict weighs the gradients of the latest epoch alone
+        if self.step == 0 and self.architect.evidence is not None and self._starts_window(epoch, steps):
+            self.architect.evidence.reset()
         t = self.totals  # losses and hits stay on the device; read every LOG_EVERY steps, not every step
         while self.step < steps:
             train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
@@ -182,6 +183,12 @@ class Search(RunFolder):
             if checkpoint:
                 self._save()
         bar.close()
+
+    def _starts_window(self, epoch: int, steps: int) -> bool:
+        """Whether the verdict's evidence starts afresh at this epoch: windows of whole epochs of at least
+        WINDOW_STEPS α steps each, counted back from the last epoch (the first α epoch starts one too)."""
+        span = math.ceil(WINDOW_STEPS / max(steps, 1))
+        return epoch == self.config.warmup_epochs or (self.config.epochs - epoch) % span == 0
 
     def _search_step(self, train_batch: Batch, val_batch: Batch, search_alpha: bool) -> tuple[torch.Tensor, ...]:
         """An α step (unless α is frozen) then a weight step: (loss, hits, α's validation loss or None).

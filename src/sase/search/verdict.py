@@ -8,7 +8,7 @@ The verdict separates the two. Each edge of each α group is in one of three sta
   default 0.10) above the runner-up. With seven candidates a uniform edge sits at 1/7 ≈ 0.143 each;
   a lead of 0.10 is then, e.g., 0.25 against 0.15: a preference no initial noise (1e-3·N(0, 1))
   produces, and far short of the near one-hot α of a long search.
-- *indifferent*: no such lead, but the α gradients of the last epoch show, at 95% confidence, that
+- *indifferent*: no such lead, but the α gradients of the last 50 or more steps show, at 95% confidence, that
   switching the edge to any other candidate changes the validation loss by less than a tenth of what
   the choice on the group's most decisive edge does (`sase.search.evidence`): its candidates are
   interchangeable as far as the search can measure, so the argmax is as good a pick as any.

@@ -231,6 +231,20 @@ def test_amp_runs_give_finite_metrics(tmp_path, capsys, amp):
     assert (scaler is not None) == (amp == "fp16")
 
 
+def test_a_compiled_training_step_follows_the_eager_one(tmp_path):
+    """aot_eager traces forward and backward as inductor does (AOTAutograd), without generating code: the
+    compiled step must train the same weights, and the checkpoint must hold the plain model's names."""
+    args = ["train", *CLI_TINY, "--attention", "paper", "--seed", "1"]
+    assert main([*args, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*args, "--out", str(tmp_path / "compiled"), "--compile", "aot_eager"]) == 0
+    eager, compiled = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("eager", "compiled"))
+    assert compiled["model"].keys() == eager["model"].keys()  # no "_orig_mod." prefix
+    assert compiled["config"]["compile"] == "aot_eager"
+    for name, w in eager["model"].items():
+        if w.is_floating_point():
+            torch.testing.assert_close(compiled["model"][name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_warmup_then_cosine():
     f = WarmupCosine(warmup_steps=4, total_steps=12, floor=0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -321,6 +335,7 @@ def _flat_folder(root: Path) -> None:
     (["--model", "resnet7"], None, ["unknown model 'resnet7'"]),
     (["--warmup-epochs", "5"], None, ["warmup_epochs"]),
     (["--resume"], None, ["nothing to resume"]),
+    (["--compile", "nope"], None, ["unknown torch.compile backend 'nope'"]),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, setup, words):
     if setup:

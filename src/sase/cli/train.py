@@ -67,6 +67,9 @@ def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (default: float32)")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the training step's model (backend: inductor unless named); the first step "
+                   "compiles, evaluation stays eager")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR if missing (needs internet)")
     p.add_argument("--sync-bn", action="store_true", default=None, help="under torchrun: BatchNorm statistics over "
                    "the global batch (SyncBatchNorm, CUDA only), not over each process's share of it")

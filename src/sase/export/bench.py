@@ -27,7 +27,7 @@ from ..models import MODELS, create_model
 from ..train.compare import Entry, parse_entries
 from ..train.metrics import count_flops, count_parameters
 from ..train.recipe import resolve_device
-from ..utils.config import Range, RunConfig, device_error
+from ..utils.config import Range, RunConfig, compile_backend_error, device_error
 from .memory import cpu_peaks, cuda_peaks
 
 # the whole zoo, the published genotype standing for `sase` (the same block)
@@ -62,9 +62,9 @@ class BenchConfig(RunConfig):
         error = device_error(self.device)
         if error:
             raise ValueError(error)
-        if self.compile and self.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
-            raise ValueError(f"unknown torch.compile backend {self.compile_backend!r}; for example inductor, eager, "
-                             "aot_eager (all: torch._dynamo.list_backends(exclude_tags=()))")
+        error = compile_backend_error(self.compile_backend) if self.compile else None
+        if error:
+            raise ValueError(error)
 
 
 @dataclass

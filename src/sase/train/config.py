@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import MODELS
-from ..utils.config import SEEDS, Range, RunConfig, amp_error, device_error
+from ..utils.config import SEEDS, Range, RunConfig, amp_error, compile_backend_error, device_error
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class TrainConfig(RunConfig):
 
     KIND = "training"
     # may differ on resume: they do not change the result
-    KNOBS = ("out", "workers", "checkpoint_every", "download", "device")
+    KNOBS = ("out", "workers", "checkpoint_every", "download", "device", "compile")
     RANGES = {
         "image_size": Range(1), "epochs": Range(1), "batch_size": Range(1), "seed": SEEDS,
         "lr": Range(0, low_open=True), "lr_min": Range(0, "lr"), "momentum": Range(0, 1, high_open=True),
@@ -44,6 +44,9 @@ class TrainConfig(RunConfig):
     label_smoothing: float = 0.0  # the paper: 0.1 on ImageNet
     grad_clip: float = 5.0  # max gradient norm (the paper's 5); 0 disables
     amp: str | None = None  # None: float32; "bf16" autocast; "fp16" autocast with a gradient scaler
+    # torch.compile backend of the training step's model (inductor fuses the block's elementwise passes and, on
+    # a GPU, its launches); None: eager. Evaluation stays eager. Changes rounding only, so a resume may change it
+    compile: str | None = None
     # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) rather than over each
     # process's share of it; one process sees the whole batch either way
     sync_bn: bool = False
@@ -57,7 +60,7 @@ class TrainConfig(RunConfig):
         self.check()  # types and the RANGES above
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid choices: {', '.join(MODELS)}")
-        error = amp_error(self.amp) or device_error(self.device)
+        error = amp_error(self.amp) or device_error(self.device) or compile_backend_error(self.compile)
         if error:
             raise ValueError(error)
 

@@ -108,6 +108,8 @@ class Trainer:
         self.log: EpochLog | None = EpochLog(self.out, resume_rows=None if saved is None else saved["history_rows"]) \
             if self.world.main else None  # rank 0's alone
         self.model = self._parallel(self.net)  # what takes the training steps
+        if config.compile is not None:  # compiled on its first step; the weights stay self.net's own
+            self.model = torch.compile(self.model, backend=config.compile)
 
     def _datasets(self) -> tuple[Dataset, Dataset, DataSpec]:
         """The training set, the validation set and their spec; with --download under torchrun rank 0 builds

@@ -29,6 +29,18 @@ def amp_error(amp: str | None) -> str | None:
     return f"amp must be one of {', '.join(AMP_MODES)} (or unset for float32), got {amp!r}"
 
 
+def compile_backend_error(backend: str | None) -> str | None:
+    """None for a torch.compile backend torch knows (or None: no compiling), else the one-line complaint."""
+    if backend is None:
+        return None
+    import torch
+
+    if backend in torch._dynamo.list_backends(exclude_tags=()):
+        return None
+    return (f"unknown torch.compile backend {backend!r}; for example inductor, eager, aot_eager "
+            "(all: torch._dynamo.list_backends(exclude_tags=()))")
+
+
 def device_error(name: str) -> str | None:
     """None for a device string torch can parse (or "auto"), else the one-line complaint."""
     if name == "auto":

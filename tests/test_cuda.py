@@ -97,12 +97,17 @@ def test_weight_step_keeps_the_graph_on_the_device():
     assert all(p.grad is None or p.grad.device.type == "cuda" for p in model.parameters())
 
 
-def live_state(search: Search) -> list[torch.Tensor]:
-    """Every tensor a search step changes: weights, α, BatchNorm statistics and both optimisers' state."""
-    tensors = list(search.model.state_dict().values())
-    for opt in (search.optimizer, search.architect.optimizer):
-        tensors += [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
-    return tensors
+def live_state(search: Search) -> dict[str, list[torch.Tensor]]:
+    """Every tensor a search step changes, by kind: weights, α, BatchNorm statistics, both optimisers' state and
+    the verdict's evidence."""
+    params = dict(search.model.named_parameters())
+    state = search.model.state_dict()
+    optimizer = lambda opt: [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    evidence = search.architect.evidence
+    return {"weights": [t for n, t in state.items() if n in params and n != "alpha"], "alpha": [state["alpha"]],
+            "buffers": [t for n, t in state.items() if n not in params],
+            "weight optimiser": optimizer(search.optimizer), "α optimiser": optimizer(search.architect.optimizer),
+            "evidence": [evidence.count, evidence.sum, evidence.sum_outer]}
 
 
 def cuda_batches(n: int, size: int = 16) -> list[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
@@ -111,11 +116,24 @@ def cuda_batches(n: int, size: int = 16) -> list[tuple[tuple[torch.Tensor, torch
     return [(batch(), batch()) for _ in range(n)]
 
 
-def relative_error(update: torch.Tensor, reference: torch.Tensor) -> float:
-    """‖update - reference‖ / ‖reference‖, in float64 (0 when both are zero)."""
-    update, reference = update.double(), reference.double()
-    scale = reference.norm()
-    return 0.0 if scale == 0 and update.norm() == 0 else float((update - reference).norm() / scale.clamp_min(1e-30))
+def relative_error(tensors: list[torch.Tensor], references: list[torch.Tensor]) -> float:
+    """‖tensors - references‖ / ‖references‖ over a whole group of tensors, in float64 (0 when both are zero)."""
+    flat = lambda ts: torch.cat([t.double().flatten() for t in ts]) if ts else torch.zeros(1, dtype=torch.float64)
+    a, b = flat(tensors), flat(references)
+    return 0.0 if b.norm() == 0 and a.norm() == 0 else float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# How far a step's result moves, as a share of its size, when its inputs move by float32 rounding (1e-7 relative
+# noise on both batches; three steps measured on a CPU, the worst kept): max- and ReLU-type candidates route
+# gradients by which element wins, a finite difference or a double backward across such a kink jumps, and Adam
+# turns the α gradients that rounding flips into full-size moves. First order: under 3e-4 everywhere. Beyond it
+# a step is ill-conditioned: weights 3.6e-2, α 0.45, the evidence (gradients over small probabilities) 4.7e-2,
+# the α optimiser's moments 2.9e-3, BatchNorm statistics 1e-4. A replay runs other kernels than the eager step,
+# so each kind is held to several times its sensitivity, and α to its moments alone; a stale or missing gradient
+# errs by the whole step.
+FIRST_ORDER_TOLERANCE = 1e-3
+HIGHER_ORDER_TOLERANCE = {"weights": 0.3, "alpha": None, "buffers": 1e-2, "weight optimiser": 0.3,
+                          "α optimiser": 5e-2, "evidence": 0.3}
 
 
 @pytest.mark.parametrize("order,optimizer,amp", [("1", "edge_adam", None), ("2", "adam", None),
@@ -132,29 +150,33 @@ def test_a_replayed_search_step_equals_the_eager_step(tmp_path, monkeypatch, ord
     for b in batches[:3]:  # two eager warm-up steps, then a recording and its replay
         search._search_step(*b, search_alpha=True)
     assert search.graphed.recordings == 1
-    # second order's finite-difference Hessian-vector product divides two nearly equal float32 gradients by
-    # 2ε, which amplifies rounding (on an H100: 1.5e-3 on the stem's update, where the exact order stays under 1e-3)
-    tol = 5e-2 if amp else 1e-2 if order == "2" else 1e-3
     for b in batches[3:]:  # from the same state, a replay and an eager step must make the same update
-        before = [t.clone() for t in live_state(search)]
+        before = {k: [t.clone() for t in ts] for k, ts in live_state(search).items()}
         replayed = [t.clone() for t in search._search_step(*b, search_alpha=True)]
-        after_replay = [t.clone() for t in live_state(search)]
-        for t, saved in zip(live_state(search), before):
-            t.copy_(saved)
+        after_replay = {k: [t.clone() for t in ts] for k, ts in live_state(search).items()}
+        for kind, tensors in live_state(search).items():
+            for t, saved in zip(tensors, before[kind]):
+                t.copy_(saved)
         graphed, search.graphed = search.graphed, None
         eager = search._search_step(*b, search_alpha=True)
         search.graphed = graphed
-        for a, e in zip(replayed, eager):
-            assert relative_error(a, e) < tol
-        changed = 0
-        for a, e, b0 in zip(after_replay, live_state(search), before):
-            if not a.is_floating_point():  # BatchNorm's batch counts
-                assert torch.equal(a, e)
+        assert relative_error([replayed[0]], [eager[0]]) < 1e-3  # the weights' loss
+        assert abs(int(replayed[1]) - int(eager[1])) <= (0 if order == "1" else 1)  # hits: a near tie may flip
+        after_eager = live_state(search)
+        for kind, tensors in after_replay.items():
+            tol = 5e-2 if amp else FIRST_ORDER_TOLERANCE if order == "1" else HIGHER_ORDER_TOLERANCE[kind]
+            counts = [(a, e) for a, e in zip(tensors, after_eager[kind]) if not a.is_floating_point()]
+            assert all(torch.equal(a, e) for a, e in counts)  # BatchNorm's batch counts
+            floats = [(a, e, b0) for a, e, b0 in zip(tensors, after_eager[kind], before[kind]) if a.is_floating_point()]
+            assert any(not torch.equal(a, b0) for a, _, b0 in floats), kind  # the replay did change it
+            if tol is None:
                 continue
-            # the updates, not the values: a wrong or stale gradient errs by the whole step, rounding by far less
-            assert relative_error(a - b0, e - b0) < tol
-            changed += not torch.equal(a, b0)
-        assert changed > len(before) // 2  # the replay did step the weights, α and the optimisers
+            # model tensors by their update (a stale gradient errs by the whole step), optimiser moments and
+            # evidence by their value (they hold this step's gradient at a fixed share)
+            by_update = kind in ("weights", "alpha", "buffers")
+            error = relative_error([a - b0 if by_update else a for a, _, b0 in floats],
+                                   [e - b0 if by_update else e for _, e, b0 in floats])
+            assert error < tol, (kind, error)
     assert search.graphed.recordings == 1
 
 
@@ -174,6 +196,12 @@ def test_a_graphed_search_stays_within_the_eager_search_s_own_spread(tmp_path, m
     spread = (eager.model.alpha - again.model.alpha).abs().max()
     moved = (graphed.model.alpha - eager.model.alpha).abs().max()
     assert (graphed.model.alpha.std() > 1e-3) and moved <= 4 * spread + 1e-4, (moved, spread)
+    # the verdict's evidence is summed inside the replayed step: as many steps, and sums as close as α's
+    counts = [float(s.architect.evidence.count) for s in searches]
+    assert counts == [12.0] * 3  # both α epochs: 2 x 6 steps make one window (at least 50 steps, whole epochs)
+    spread = (eager.architect.evidence.sum - again.architect.evidence.sum).abs().max()
+    moved = (graphed.architect.evidence.sum - eager.architect.evidence.sum).abs().max()
+    assert moved <= 4 * spread + 1e-3 * eager.architect.evidence.sum.abs().max(), (moved, spread)
 
 
 def test_graphed_step_replays_new_batches_and_records_again_for_a_new_key():

@@ -24,7 +24,7 @@ def read_csv(path) -> list[dict[str, str]]:
 
 def test_bench_writes_table_csv_chart_and_config(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *TINY, "--attentions", "paper", "--out", str(out), "--quiet"]) == 0
+    assert main(["bench", *TINY, "--attentions", "paper", "--compile-train", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     rows = read_csv(out / "bench.csv")
     assert [r["attention"] for r in rows] == ["none", "paper"]  # the plain backbone added, first
@@ -35,22 +35,24 @@ def test_bench_writes_table_csv_chart_and_config(tmp_path, capsys):
         assert int(row["flops"]) == count_flops(model, 8)
     plain, paper = rows
     for key in ("parameters_ratio", "flops_ratio", "eager_ratio", "compiled_ratio", "train_ratio",
-                "peak_mib_forward_ratio", "peak_mib_train_ratio"):
+                "compiled_train_ratio", "peak_mib_forward_ratio", "peak_mib_train_ratio"):
         assert float(plain[key]) == 1.0, key
         assert float(paper[key]) > 0, key
     assert float(paper["parameters_ratio"]) > 1 and float(paper["flops_ratio"]) > 1
-    for key in ("eager", "compiled", "train"):
+    for key in ("eager", "compiled", "train", "compiled_train"):
         q1, median, q3 = (float(paper[f"{key}_ratio{s}"]) for s in ("_q1", "", "_q3"))
         assert q1 <= median <= q3
         assert float(paper[f"{key}_images_per_s"]) == pytest.approx(2 / (float(paper[f"{key}_ms"]) / 1000))
     assert float(paper["peak_mib_forward"]) > 0 and float(paper["peak_mib_train"]) > 0
     assert paper["compile_error"] == "" and float(paper["compile_s"]) > 0
+    assert paper["compile_train_error"] == "" and float(paper["compile_train_s"]) > 0
 
     table = (out / "bench.md").read_text()
     command = ("sase bench --model resnet20 --attentions paper --batch-size 2 --image-size 8 --rounds 3 "
-               f"--compile-backend eager --threads 1 --out {out}")
+               f"--compile-backend eager --compile-train --threads 1 --out {out}")
     assert f"Produced by `{command}`" in table and "two FLOPs per multiply-add" in table and "on CPU" in table
     assert table.count("\n| ") == 3 and "| paper | 275.4 K (1.01x) |" in table  # header, none, paper
+    assert "| train step, compiled | img/s | compile |" in table and "Compiled train step:" in table
     assert command in printed and "| paper |" in printed
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "config.json").read_text())["attentions"] == "paper"

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default: 5)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile forward")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    p.add_argument("--compile-train", action="store_true", help="also time the training step under torch.compile "
+                   "(its forward and backward; minutes per model to compile on a CPU)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measures")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -52,7 +54,7 @@ def command_line(config: BenchConfig) -> str:
         if value == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
-        words += [f"--no-{f.name}"] if value is False else [flag, str(value)]
+        words += [f"--no-{f.name}"] if value is False else [flag] if value is True else [flag, str(value)]
     return shlex.join(words)
 
 

@@ -50,6 +50,7 @@ class BenchConfig(RunConfig):
     rounds: int = 5  # interleaved rounds of timing
     compile: bool = True  # also time the forward under torch.compile
     compile_backend: str = "inductor"  # torch.compile's backend
+    compile_train: bool = False  # also time the training step under torch.compile (minutes per model on a CPU)
     memory: bool = True  # measure peak memory (on the CPU: two fresh processes per attention)
     threads: Optional[int] = None  # CPU threads; None: torch's default
     device: str = "auto"  # auto (a GPU when there is one), cpu, cuda, cuda:N
@@ -62,7 +63,7 @@ class BenchConfig(RunConfig):
         error = device_error(self.device)
         if error:
             raise ValueError(error)
-        error = compile_backend_error(self.compile_backend) if self.compile else None
+        error = compile_backend_error(self.compile_backend) if self.compile or self.compile_train else None
         if error:
             raise ValueError(error)
 
@@ -80,6 +81,9 @@ class Measured:
     compile_seconds: Optional[float] = None
     compile_error: Optional[str] = None  # why torch.compile failed, when it did
     train: list[float] = field(default_factory=list)
+    compiled_train: list[float] = field(default_factory=list)
+    compile_train_seconds: Optional[float] = None
+    compile_train_error: Optional[str] = None
     memory: Optional[tuple[float, float]] = None  # peak MiB: (inference, training)
 
 
@@ -138,6 +142,7 @@ class Subject:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.train_step()  # warm-up, and the optimizer's buffers
         self.compiled: Optional[Callable] = None
+        self.compiled_train: Optional[Callable] = None
 
     def forward(self, model: Callable) -> Callable[[], object]:
         def call() -> object:
@@ -146,21 +151,32 @@ class Subject:
                 return model(self.x)
         return call
 
-    def train_step(self) -> None:
+    def train_step(self, model: Optional[Callable] = None) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(self.model(self.x), self.labels).backward()
+        F.cross_entropy((self.model if model is None else model)(self.x), self.labels).backward()
         self.optimizer.step()
 
     def compile(self, backend: str) -> None:
         """torch.compile the forward and run it once (the compilation); a failure is recorded, not raised."""
-        try:
-            compiled = torch.compile(self.model, backend=backend)
-            self.result.compile_seconds = _timed(self.forward(compiled), self.device)
-        except Exception as err:  # noqa: BLE001 - any compiler failure is a finding to report, not a crash
-            self.result.compile_error = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"  # one line
-            return
-        self.compiled = compiled
+        compiled = torch.compile(self.model, backend=backend)
+        self.result.compile_seconds, self.result.compile_error = _compiling(self.forward(compiled), self.device)
+        self.compiled = compiled if self.result.compile_error is None else None
+
+    def compile_train(self, backend: str) -> None:
+        """torch.compile the training step's forward and backward and take one step (the compilation)."""
+        compiled = torch.compile(self.model, backend=backend)
+        step = lambda: self.train_step(compiled)
+        self.result.compile_train_seconds, self.result.compile_train_error = _compiling(step, self.device)
+        self.compiled_train = step if self.result.compile_train_error is None else None
+
+
+def _compiling(call: Callable[[], object], device: torch.device) -> tuple[Optional[float], Optional[str]]:
+    """(seconds, None) of the first, compiling call; (None, the error in one line) when the compiler fails."""
+    try:
+        return _timed(call, device), None
+    except Exception as err:  # noqa: BLE001 - any compiler failure is a finding to report, not a crash
+        return None, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> BenchResult:
@@ -173,13 +189,17 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator).to(device)
     subjects = [Subject(entry, config, x, generator) for entry in entries]
-    if config.compile:
-        # one code object (the backbone's forward) is compiled once per model: more than dynamo's default 8
-        with torch._dynamo.config.patch(recompile_limit=len(subjects) + 8,
-                                        accumulated_recompile_limit=max(256, 4 * len(subjects))):
+    if config.compile or config.compile_train:
+        # one code object (the backbone's forward) is compiled once per model and mode: more than dynamo's default 8
+        with torch._dynamo.config.patch(recompile_limit=2 * len(subjects) + 8,
+                                        accumulated_recompile_limit=max(256, 8 * len(subjects))):
             for s in subjects:
-                progress(f"compiling {config.model} + {s.result.label}")
-                s.compile(config.compile_backend)
+                if config.compile:
+                    progress(f"compiling {config.model} + {s.result.label}")
+                    s.compile(config.compile_backend)
+                if config.compile_train:
+                    progress(f"compiling the training step of {config.model} + {s.result.label}")
+                    s.compile_train(config.compile_backend)
     for r in range(config.rounds):
         progress(f"round {r + 1} of {config.rounds}")
         for s in subjects:
@@ -187,6 +207,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
             if s.compiled is not None:
                 s.result.compiled.append(_timed(s.forward(s.compiled), device))
             s.result.train.append(_timed(s.train_step, device))
+            if s.compiled_train is not None:
+                s.result.compiled_train.append(_timed(s.compiled_train, device))
     if config.memory:
         for s in subjects:
             progress(f"peak memory of {config.model} + {s.result.label}")

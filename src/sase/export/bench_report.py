@@ -13,7 +13,8 @@ from ..train.plots import si
 from ..utils.folders import make_out
 from .bench import BenchResult, Measured, ratio_stats
 
-TIMED = {"eager": "forward, eager", "compiled": "forward, compiled", "train": "train step"}
+TIMED = {"eager": "forward, eager", "compiled": "forward, compiled", "train": "train step",
+         "compiled_train": "train step, compiled"}
 MEMORY = ("forward", "train step")  # the two peaks of Measured.memory
 
 
@@ -45,6 +46,7 @@ def summary(row: Measured, base: Measured, batch: int) -> dict[str, Any]:
         stats = ratio_stats(samples, plain) if usable else (None, None, None)
         out.update({f"{key}_ratio": stats[0], f"{key}_ratio_q1": stats[1], f"{key}_ratio_q3": stats[2]})
     out["compile_s"], out["compile_error"] = row.compile_seconds, row.compile_error
+    out["compile_train_s"], out["compile_train_error"] = row.compile_train_seconds, row.compile_train_error
     for i, name in enumerate(("forward", "train")):
         peak = row.memory[i] if row.memory else None
         out[f"peak_mib_{name}"] = peak
@@ -59,22 +61,30 @@ def _timed_cell(s: dict[str, Any], key: str, plain: bool) -> list[str]:
     return [_ms(s[f"{key}_ms"] / 1000) + _ratio(stats, plain), f"{s[f'{key}_images_per_s']:.3g}"]
 
 
+def _compiled_cells(s: dict[str, Any], key: str, compile_key: str, plain: bool) -> list[str]:
+    """Time and img/s of a compiled call, and its compile time; or why it failed to compile."""
+    if s[f"{compile_key}_error"]:
+        return [f"fails: {s[f'{compile_key}_error'].split(':')[0]}", "—", "—"]
+    seconds = s[f"{compile_key}_s"]
+    return [*_timed_cell(s, key, plain), "—" if seconds is None else f"{seconds:.0f} s"]
+
+
 def markdown_table(result: BenchResult) -> str:
     rows = result.rows
     summaries = [summary(r, rows[0], result.batch_size) for r in rows]
+    compiled_train = result.config.compile_train
     header = ["attention", "params", "FLOPs", "forward, eager", "img/s", "forward, compiled", "img/s", "compile",
-              "train step", "img/s", "peak memory, forward", "peak memory, train step"]
+              "train step", "img/s", *(["train step, compiled", "img/s", "compile"] if compiled_train else []),
+              "peak memory, forward", "peak memory, train step"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for i, s in enumerate(summaries):
         plain = i == 0
         cells = [s["attention"], f"{si(s['parameters'])}{_ratio((s['parameters_ratio'],) * 3, plain)}",
                  f"{si(s['flops'])}{_ratio((s['flops_ratio'],) * 3, plain)}", *_timed_cell(s, "eager", plain)]
-        if s["compile_error"]:
-            cells += [f"fails: {s['compile_error'].split(':')[0]}", "—", "—"]
-        else:
-            compiled = _timed_cell(s, "compiled", plain)
-            cells += [*compiled, "—" if s["compile_s"] is None else f"{s['compile_s']:.0f} s"]
+        cells += _compiled_cells(s, "compiled", "compile", plain)
         cells += _timed_cell(s, "train", plain)
+        if compiled_train:
+            cells += _compiled_cells(s, "compiled_train", "compile_train", plain)
         for name in ("forward", "train"):
             peak = s[f"peak_mib_{name}"]
             ratio = s[f"peak_mib_{name}_ratio"]
@@ -105,6 +115,9 @@ def setup_text(result: BenchResult, command: str) -> str:
         "counted.",
         "- Train step: forward, cross-entropy, backward and an SGD update with momentum, in training mode.",
         f"- Compiled forward: {compiled}.",
+        *([f"- Compiled train step: the training step with `torch.compile(model, backend=\"{c.compile_backend}\")` "
+           "as its model (forward and backward compiled; the SGD update eager), timed after its first step."]
+          if c.compile_train else []),
         f"- Peak memory: {memory}." if c.memory else "- Peak memory: not measured (`--no-memory`).",
     ])
 

@@ -108,6 +108,8 @@ def test_a_search_is_decided_when_every_edge_is_decided_or_indifferent():
     assert [e.state for e in verdict.edges] == ["decided"] + ["indifferent"] * 5
     assert verdict.decided and verdict.to_dict()["indifferent_edges"] == [e.edge for e in verdict.edges[1:]]
     assert "5 indifferent" in verdict.summary() and verdict.warning() == ""
+    table = verdict.table().splitlines()
+    assert len(table) == 6 and table[0].split()[-1] == "decided" and "indifferent (switch effect <=" in table[1]
     # without the evidence the same α is undecided on five edges
     assert len(judge(torch.tensor(np.log(probs))).undecided) == 5
 

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         result = ensure_search(search_config, progress=not args.quiet)
         print(f"searched genotype: {result.genotype.to_json(indent=None)}")
         print(result.verdict.summary())
+        print(result.verdict.table())
         if not result.verdict.decided:
             print(result.verdict.warning(), file=sys.stderr)
         found = out / "search" / ("genotypes_per_stage.json" if search_config.per_stage else "genotype.json")

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         for width, g in zip(result.widths, result.genotypes):
             print(f"  stage of width {width}: {g.to_json(indent=None)}")
     print(f"{result.verdict.summary()}; α lr {result.arch_lr:.3g}")
+    print(result.verdict.table())
     if not result.verdict.decided:
         print(result.verdict.warning(), file=sys.stderr)
     print(f"done: {config.epochs} epochs in {result.seconds:.0f} s, supernet val acc {result.val_acc:.3f}; "

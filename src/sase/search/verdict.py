@@ -89,6 +89,18 @@ class Verdict:
                 f"{'undecided ' if self.undecided else ''}edge {_name(weakest)}: {weakest.top} "
                 f"{weakest.top_prob:.3f} vs {weakest.runner_up} {weakest.runner_up_prob:.3f}")
 
+    def table(self) -> str:
+        """One line per edge: its top candidate and probability, its lead, its state and, when α gave no lead,
+        the 95% bound of its switch effects against the tolerance."""
+        lines = []
+        for e in self.edges:
+            line = f"  {_name(e):26s} {e.top:10s} {e.top_prob:.3f}  lead {e.margin:.3f}  {e.state}"
+            if e.state != "decided" and e.effect_bound is not None:
+                line += f" (switch effect <= {e.effect_bound:.2g} {'<' if e.state == 'indifferent' else '>='} " \
+                        f"tolerance {e.tolerance:.2g})"
+            lines.append(line)
+        return "\n".join(lines)
+
     def warning(self) -> str:
         """What an undecided search means and what to do about it (empty when decided)."""
         if self.decided:

@@ -89,8 +89,7 @@ class Architect:
         current lr.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        grad, loss = self.hypergradient(train_batch, val_batch, xi)
-        average_([grad])  # the mean over the processes (nothing in one process)
+        grad, loss = self.validation_gradient(train_batch, val_batch, xi)
         if self.scaler is not None and not bool(torch.isfinite(grad).all()):
             return None  # as the weights' scaler skips their step; the scale is lowered by the weights' step
         if self.evidence is not None:
@@ -101,9 +100,15 @@ class Architect:
 
     def alpha_gradient(self, train_batch: Batch, val_batch: Batch, xi: float | None = None) -> tuple[Tensor, Tensor]:
         """(∇α of the chosen order + beta_weight · ∇α L_β, validation loss), without stepping anything."""
-        grad, loss = self.hypergradient(train_batch, val_batch, xi)
-        average_([grad])  # the mean over the processes (nothing in one process)
+        grad, loss = self.validation_gradient(train_batch, val_batch, xi)
         return self.add_beta_decay(grad), loss
+
+    def validation_gradient(self, train_batch: Batch, val_batch: Batch,
+                            xi: float | None = None) -> tuple[Tensor, Tensor]:
+        """The hypergradient averaged over the processes (itself in one process), and the validation loss."""
+        grad, loss = self.hypergradient(train_batch, val_batch, xi)
+        average_([grad])
+        return grad, loss
 
     def add_beta_decay(self, grad: Tensor) -> Tensor:
         """grad + beta_weight · ∇α L_β(α) (grad itself when Beta-Decay is off)."""

@@ -22,6 +22,7 @@ called indifferent.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +56,7 @@ class EdgeEvidence:
 
     The sums are float64 tensors on α's device, updated in place by `add`, so a step that adds to
     them can be recorded in a CUDA graph and replayed; `reset` (in place) starts a new window, which
-    the search does at every epoch.
+    the search does where `starts_window` says.
     """
 
     def __init__(self, alpha: Tensor) -> None:
@@ -94,7 +95,7 @@ class EdgeEvidence:
                 diff = mean[g, e] - mean[g, e, c]  # (K,) mean of d_k - d_c
                 # variance of d_k - d_c over the steps, from the running second moments (sample variance)
                 var = second[g, e].diagonal() + second[g, e, c, c] - 2 * second[g, e, :, c] - diff ** 2
-                se = (var.clamp_min(0) * n / max(n - 1, 1) / max(n, 1)).sqrt()
+                se = (var.clamp_min(0) / max(n - 1, 1)).sqrt()  # n / (n - 1) · var, over n
                 bounds = diff.abs() + t * se
                 bounds[c] = 0.0
                 row.append(EdgeEffect(tuple(diff.tolist()), tuple(bounds.tolist()), tolerance, n))
@@ -109,6 +110,13 @@ class EdgeEvidence:
             getattr(self, name).copy_(state[name])
 
 
+def starts_window(epoch: int, warmup_epochs: int, epochs: int, steps_per_epoch: int) -> bool:
+    """Whether the evidence starts afresh at `epoch`: windows of whole epochs holding at least WINDOW_STEPS α
+    steps each, counted back from the last epoch (the first α epoch, after the warm-up, starts one too)."""
+    span = math.ceil(WINDOW_STEPS / max(steps_per_epoch, 1))
+    return epoch == warmup_epochs or (epochs - epoch) % span == 0
+
+
 def saved_evidence(checkpoint: dict) -> EdgeEvidence | None:
     """The evidence of a search checkpoint's latest epoch (None in one written before it was kept)."""
     saved = checkpoint.get("architect", {}).get("evidence")
@@ -119,4 +127,5 @@ def saved_evidence(checkpoint: dict) -> EdgeEvidence | None:
     return evidence
 
 
-__all__ = ["CONFIDENCE", "INDIFFERENCE_SHARE", "MIN_STEPS", "WINDOW_STEPS", "EdgeEffect", "EdgeEvidence", "saved_evidence"]
+__all__ = ["CONFIDENCE", "INDIFFERENCE_SHARE", "MIN_STEPS", "WINDOW_STEPS", "EdgeEffect", "EdgeEvidence", "saved_evidence",
+           "starts_window"]

@@ -45,6 +45,7 @@ from ..utils.sampling import SeededBatches, SeededSamples, split_indices
 from ..utils.totals import LOG_EVERY, Totals
 from .architect import ORDERS, Architect, Batch
 from .config import SearchConfig
+from .evidence import starts_window
 from .graphs import GraphedStep, graphs_unavailable
 from .hessian import dominant_eigenvalue
 from .regularizers import beta_decay_weight
@@ -52,7 +53,6 @@ from .run_folder import CHECKPOINT, RunFolder
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
 from .supernet import Supernet, main_genotype
-from .evidence import WINDOW_STEPS
 from .verdict import Verdict, judge, verdict_columns
 
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
@@ -162,8 +162,10 @@ class Search(RunFolder):
         bar = tqdm(total=steps, initial=self.step, desc=f"search {epoch + 1}/{self.config.epochs}",
                    disable=not self.progress, leave=False)
         search_alpha = epoch >= self.config.warmup_epochs
-        if self.step == 0 and self.architect.evidence is not None and self._starts_window(epoch, steps):
-            self.architect.evidence.reset()
+        evidence = self.architect.evidence
+        if self.step == 0 and evidence is not None and starts_window(epoch, self.config.warmup_epochs,
+                                                                     self.config.epochs, steps):
+            evidence.reset()
         t = self.totals  # losses and hits stay on the device; read every LOG_EVERY steps, not every step
         while self.step < steps:
             train_batch, val_batch = self._to_device(next(fit_iter)), self._to_device(next(val_iter))
@@ -183,12 +185,6 @@ class Search(RunFolder):
             if checkpoint:
                 self._save()
         bar.close()
-
-    def _starts_window(self, epoch: int, steps: int) -> bool:
-        """Whether the verdict's evidence starts afresh at this epoch: windows of whole epochs of at least
-        WINDOW_STEPS α steps each, counted back from the last epoch (the first α epoch starts one too)."""
-        span = math.ceil(WINDOW_STEPS / max(steps, 1))
-        return epoch == self.config.warmup_epochs or (self.config.epochs - epoch) % span == 0
 
     def _search_step(self, train_batch: Batch, val_batch: Batch, search_alpha: bool) -> tuple[torch.Tensor, ...]:
         """An α step (unless α is frozen) then a weight step: (loss, hits, α's validation loss or None).
@@ -336,15 +332,6 @@ class Search(RunFolder):
         """A fixed slice of the α half (the same images every epoch), so the eigenvalues are comparable."""
         loader = DataLoader(Subset(self.eval_set, self.val_idx[:HESSIAN_IMAGES]), batch_size=self.config.batch_size)
         return [self._to_device(b) for b in loader]
-
-    def _write_genotypes(self, genotypes: list[Genotype] | None = None) -> None:
-        if not self.world.main:
-            return
-        genotypes = self.model.genotypes() if genotypes is None else genotypes
-        main_genotype(self.model, genotypes).to_json(self.out / "genotype.json")
-        if self.config.per_stage:
-            per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, genotypes)}
-            (self.out / "genotypes_per_stage.json").write_text(json.dumps(per_stage, indent=2) + "\n")
 
 
 def probabilities(alpha: torch.Tensor) -> list:

@@ -1,4 +1,4 @@
-"""A search's run folder: config.json, history.csv and the checkpoint, written and read back.
+"""A search's run folder: config.json, history.csv, the genotype files and the checkpoint, written and read back.
 
 `RunFolder` is the part of `sase.search.loop.Search` that starts a folder, saves the whole state of a
 run atomically and restores it on resume (see that module's doc for what a resume guarantees). It
@@ -6,13 +6,16 @@ holds no state of its own: everything it reads is the search's.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 
+from ..genotype import Genotype
 from ..utils.checkpoint import rng_state, save_atomic, set_rng_state
 from ..utils.csvlog import read_csv, truncate_csv
 from ..utils.distributed import barrier
 from ..utils.folders import make_out
+from .supernet import main_genotype
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -45,6 +48,16 @@ class RunFolder:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "history_rows": self._history_rows(),
         }, self.out / CHECKPOINT)
+
+    def _write_genotypes(self, genotypes: list[Genotype] | None = None) -> None:
+        """genotype.json (and genotypes_per_stage.json with one α per stage): α's argmax unless given."""
+        if not self.world.main:
+            return
+        genotypes = self.model.genotypes() if genotypes is None else genotypes
+        main_genotype(self.model, genotypes).to_json(self.out / "genotype.json")
+        if self.config.per_stage:
+            per_stage = {str(w): g.to_dict() for w, g in zip(self.model.stage_widths, genotypes)}
+            (self.out / "genotypes_per_stage.json").write_text(json.dumps(per_stage, indent=2) + "\n")
 
     def _history_rows(self) -> int:
         return len(read_csv(self.out / "history.csv"))

@@ -137,10 +137,10 @@ def judge(alpha: Tensor, margin: float = DECIDED_MARGIN, evidence: EdgeEvidence 
             effect = effects[g][e] if effects is not None else None
             state = "decided" if pi - pj >= margin else \
                 "indifferent" if effect is not None and effect.indifferent else "undecided"
-            bound = None if effect is None or effect.steps < 2 else round(max(effect.bounds), 8)
-            tolerance = None if effect is None or effect.steps < 2 else round(effect.tolerance, 8)
+            measured = effect is not None and effect.steps >= 2  # an interval needs two steps
             edges.append(EdgeVerdict(g, edge.name, names[i], round(pi, 6), names[j], round(pj, 6), state,
-                                     bound, tolerance))
+                                     round(max(effect.bounds), 8) if measured else None,
+                                     round(effect.tolerance, 8) if measured else None))
     return Verdict(tuple(edges), margin)
 
 

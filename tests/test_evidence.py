@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from sase.search import Architect, Supernet, judge
-from sase.search.evidence import CONFIDENCE, INDIFFERENCE_SHARE, MIN_STEPS, EdgeEvidence
+from sase.search.evidence import CONFIDENCE, INDIFFERENCE_SHARE, MIN_STEPS, WINDOW_STEPS, EdgeEvidence, starts_window
 from sase.search.supernet import edge_weights_mode
 
 K = 7
@@ -125,3 +125,16 @@ def test_evidence_survives_a_state_dict_round_trip_and_resets_in_place():
     sums = evidence.sum
     evidence.reset()
     assert evidence.sum is sums and float(evidence.count) == 0 and not math.isnan(sums.sum())
+
+
+@pytest.mark.parametrize("steps, starts", [
+    (46, [2]),  # the pipeline's search: two α epochs of 46 steps make one window of 92
+    (11, list(range(15, 60, 5))),  # 60 epochs, 15 of warm-up: windows of 5 epochs, 55 steps
+    (60, [2, 3]),  # an epoch holds 50 steps: every epoch is a window
+])
+def test_windows_are_whole_epochs_of_at_least_50_steps_counted_back_from_the_end(steps, starts):
+    warmup, epochs = (15, 60) if steps == 11 else (2, 4)
+    got = [e for e in range(warmup, epochs) if starts_window(e, warmup, epochs, steps)]
+    assert got == starts
+    last = starts[-1]
+    assert (epochs - last) * steps >= WINDOW_STEPS  # the final window, the verdict's, holds enough steps

@@ -9,7 +9,7 @@ same batch, measured in the same run, so the figures hold across machines. A sea
 step (first or second order) plus one weight step, as the search loop takes them. Times are
 medians over interleaved rounds; peak memory is the rise of the resident set over the first two steps
 (activations, gradients, optimiser state), in a fresh process per configuration. The last line reads
-`first_order_units=X second_order_units=Y`.
+`first_order_units=X second_order_units=Y sampled_units=Z`.
 """
 from __future__ import annotations
 
@@ -31,12 +31,16 @@ from sase.search import Architect, Supernet
 from sase.search.graphs import GraphedStep
 
 GRAPH = "+graph"  # a kind's suffix: the step replayed from a CUDA graph (sase.search.graphs)
+GUMBEL = "+gumbel"  # a kind's suffix: one candidate per edge drawn by hard Gumbel-softmax (`--sampling gumbel`)
 
 
 def make_step(kind: str, batch: int, device: str | torch.device = "cpu") -> Callable[[], None]:
-    """One step of `kind` ('plain', '1', '2', 'exact', each with '+graph' for a CUDA graph replay) on fixed batches."""
+    """One step of `kind` ('plain', '1', '2', 'exact', each with '+graph' for a CUDA graph replay; '1+gumbel')
+    on fixed batches."""
     graphed = kind.endswith(GRAPH)
     kind = kind.removesuffix(GRAPH)
+    sampling = "gumbel" if kind.endswith(GUMBEL) else "none"
+    kind = kind.removesuffix(GUMBEL)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     make = lambda: (torch.randn(batch, 3, 32, 32, generator=g).to(device),
@@ -46,11 +50,11 @@ def make_step(kind: str, batch: int, device: str | torch.device = "cpu") -> Call
         model = create_model("resnet20", num_classes=10).to(device)
         params = list(model.parameters())
     else:
-        model = Supernet("resnet20", num_classes=10).to(device)
+        model = Supernet("resnet20", num_classes=10, sampling=sampling).to(device)
         params = model.weight_parameters()
     opt = torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=5e-4)
     architect = None if kind == "plain" else Architect(model, opt, order={"1": 1, "2": 2, "exact": "exact"}[kind],
-                                                       capturable=graphed)
+                                                       capturable=graphed, track_evidence=sampling == "none")
 
     def step(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor]:
         if architect is not None:
@@ -102,12 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    kinds = ["plain", "1", "2", "exact"]
+    kinds = ["plain", "1", "2", "exact", "1" + GUMBEL]
     t = times(kinds, args.batch_size, args.rounds)
     print({k: f"{v / t['plain']:.2f} units" for k, v in t.items()})
     mem = {k: peak_memory_mb(k, args.batch_size, args.threads) for k in kinds}
     names = {"plain": "plain ResNet-20 SGD step (the unit)", "1": "search step, first order",
-             "2": "search step, second order", "exact": "search step, exact second order"}
+             "2": "search step, second order", "exact": "search step, exact second order",
+             "1" + GUMBEL: "search step, first order, one candidate per edge (`--sampling gumbel`)"}
     rows = [f"| {names[k]} | {1000 * t[k]:.0f} | {t[k] / t['plain']:.2f} | {mem[k]:.0f} | {mem[k] / mem['plain']:.2f} |"
             for k in kinds]
     table = "\n".join(["| step | ms | units | peak memory rise (MiB) | memory vs plain |",
@@ -115,7 +120,8 @@ def main() -> None:
     setup = (f"CIFAR ResNet-20 supernet, batch {args.batch_size}, 3x32x32, {args.threads} threads, torch "
              f"{torch.__version__}, {platform.processor() or platform.machine()}, median of {args.rounds} "
              "interleaved rounds")
-    last = f"first_order_units={t['1'] / t['plain']:.2f} second_order_units={t['2'] / t['plain']:.2f}"
+    last = (f"first_order_units={t['1'] / t['plain']:.2f} second_order_units={t['2'] / t['plain']:.2f} "
+            f"sampled_units={t['1' + GUMBEL] / t['plain']:.2f}")
     print(setup)
     print(table)
     write_report(args.out, f"# Search step cost\n\n{setup}. Produced by `python benchmarks/search_step.py`.\n\n{table}\n\n"

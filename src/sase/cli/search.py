@@ -25,6 +25,7 @@ from typing import Any
 from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
 from ..search.config import SELECTIONS
+from ..search.supernet import SAMPLINGS
 from ..search.optim import ARCH_OPTIMIZERS
 from ..utils.config import AMP_MODES
 from ..utils.distributed import world
@@ -58,6 +59,11 @@ FLAGS = {
     "select": "how the genotype is derived: argmax of α (DARTS) or perturbation (DARTS-PT, Wang et al., ICLR "
               "2021: the candidate whose removal costs the supernet most validation accuracy)",
     "beta_decay": "λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables",
+    "sampling": "none (default: every candidate of every edge runs, DARTS) | gumbel: one candidate per edge drawn "
+                "from softmax(α) by hard Gumbel-softmax (GDAS, Dong & Yang, CVPR 2019), about half the cost of a "
+                "first-order step; α's gradient is the relaxed sample's, first order only (--order 1)",
+    "tau_max": "with --sampling gumbel: the sample's temperature in the first epoch (default 10, GDAS')",
+    "tau_min": "with --sampling gumbel: the temperature in the last epoch, linear in between (default 0.1)",
     "checkpoint_every": "steps between checkpoints within an epoch",
     "workers": "data loader worker processes",
     "device": "auto (default: cuda when available, else cpu) | cpu | cuda | cuda:N",
@@ -69,7 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an attention block (DARTS, Liu et al., ICLR 2019)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
-    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS), "arch_optimizer": list(ARCH_OPTIMIZERS)}
+    choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS), "arch_optimizer": list(ARCH_OPTIMIZERS),
+               "sampling": list(SAMPLINGS)}
     for name, help_text in FLAGS.items():
         kind = int if "int" in str(types[name]) else float if "float" in str(types[name]) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text,

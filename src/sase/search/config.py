@@ -7,6 +7,7 @@ from typing import Any
 from ..models import check_backbone
 from ..utils.config import SEEDS, Range, RunConfig, amp_error, device_error
 from .optim import ARCH_OPTIMIZERS
+from .supernet import SAMPLINGS
 from .verdict import DECIDED_MARGIN
 
 # Wang et al., 2024: Adam at lr 3e-4 for 100 epochs of 195 α steps (25,000 CIFAR-10 images in batches of 128). Adam moves
@@ -16,6 +17,8 @@ REFERENCE_ARCH_LR = 3e-4
 REFERENCE_ALPHA_STEPS = 100 * 195
 MAX_ARCH_LR = 0.3  # a very short run: past this, single noisy steps would swing α by whole logits
 SELECTIONS = ("argmax", "perturbation")
+# GDAS (Dong & Yang, CVPR 2019): the sample's temperature decays linearly from 10 to 0.1 over the search
+TAU_MAX, TAU_MIN = 10.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class SearchConfig(RunConfig):
         "warmup_epochs": Range(0, "epochs", high_open=True, why="α needs at least one epoch to move"),
         "steps_per_epoch": Range(1), "decided_margin": Range(0, 1, low_open=True), "beta_decay": Range(0),
         "checkpoint_every": Range(1), "workers": Range(0),
+        "tau_max": Range(0, low_open=True), "tau_min": Range(0, "tau_max", low_open=True),
     }
 
     dataset: str = "digits"  # digits, cluttered-digits (bundled, offline) | cifar10 | cifar100 | imagefolder
@@ -64,6 +68,9 @@ class SearchConfig(RunConfig):
     steps_per_epoch: int | None = None  # cap on steps per epoch (None: the whole split)
     decided_margin: float = DECIDED_MARGIN  # an edge is decided when its top candidate leads by this probability
     select: str = "argmax"  # argmax (DARTS) | perturbation (DARTS-PT, Wang et al., ICLR 2021)
+    sampling: str = "none"  # none: every candidate on every edge (DARTS) | gumbel: one drawn per edge (GDAS)
+    tau_max: float = TAU_MAX  # with sampling: the temperature of the first epoch ...
+    tau_min: float = TAU_MIN  # ... and of the last, linear in between
     beta_decay: float = 0.0  # λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables
     track_hessian: bool = False  # dominant eigenvalue of the α Hessian of the validation loss, every epoch
     checkpoint_every: int = 20  # steps between checkpoints (one is also written at every epoch end)
@@ -85,6 +92,17 @@ class SearchConfig(RunConfig):
             raise ValueError(f"arch_optimizer must be one of {', '.join(ARCH_OPTIMIZERS)}, got {self.arch_optimizer!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.sampling != "none" and self.order != "1":
+            raise ValueError(f"--sampling {self.sampling} takes first-order α steps (as GDAS does): add --order 1 "
+                             "(a second-order step would draw other candidates in each of its passes)")
+
+    def temperature(self, epoch: int) -> float:
+        """τ of the sampled search in `epoch` (0-based): tau_max at the first epoch, tau_min at the last."""
+        if self.epochs == 1:
+            return self.tau_min
+        return self.tau_max + (self.tau_min - self.tau_max) * epoch / (self.epochs - 1)
 
     def alpha_steps(self, steps_per_epoch: int) -> int:
         """How many α steps the run takes: every step of every epoch after the warm-up."""

@@ -106,10 +106,13 @@ class GraphedStep:
         self.recordings += 1
 
 
-def graphs_unavailable(device: torch.device, distributed: bool, amp: str | None) -> str | None:
+def graphs_unavailable(device: torch.device, distributed: bool, amp: str | None,
+                       sampling: str = "none") -> str | None:
     """Why the search step cannot be recorded as a CUDA graph here, or None when it can."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if sampling != "none":
+        return "CUDA graphs are not used with --sampling (which candidate runs is read back each step)"
     if distributed:
         return "CUDA graphs are not used under torchrun (DistributedDataParallel's communication runs eagerly)"
     if amp == "fp16":

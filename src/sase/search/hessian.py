@@ -8,8 +8,9 @@ Here it is found by power iteration on exact Hessian-vector products (double bac
 `torch.func.functional_call`, α the differentiated input), never forming the Hessian.
 
 BatchNorm works as in the architect's α step: training mode, batch statistics, running statistics
-written to copies of the buffers. The model's parameters, buffers and train/eval flags are left as
-they were.
+written to copies of the buffers; a sampling supernet runs its full mixture (the Hessian is that of
+the relaxation DARTS' argmax discretises). The model's parameters, buffers and train/eval flags are
+left as they were.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .supernet import Supernet
+from .supernet import Supernet, full_mixture
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -49,7 +50,7 @@ def alpha_hvp(model: Supernet, batches: Sequence[Batch], v: Tensor, loss_fn: Los
     alpha = model.alpha.detach().requires_grad_()
     total = sum(len(y) for _, y in batches)
     hv = torch.zeros_like(alpha)
-    with module_mode(model, True), torch.enable_grad():
+    with module_mode(model, True), full_mixture(model), torch.enable_grad():
         for x, y in batches:
             x, y = x.to(alpha.device), y.to(alpha.device)
             buffers = {n: b.clone() for n, b in model.named_buffers()}

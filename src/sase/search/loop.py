@@ -52,7 +52,7 @@ from .regularizers import beta_decay_weight
 from .run_folder import CHECKPOINT, RunFolder
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
-from .supernet import Supernet, main_genotype
+from .supernet import Supernet, full_mixture, main_genotype
 from .verdict import Verdict, judge, verdict_columns
 
 HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
@@ -95,11 +95,13 @@ class Search(RunFolder):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
         self.model = Supernet(config.backbone, num_classes=self.spec.num_classes,
-                              per_stage=config.per_stage).to(self.device)
+                              per_stage=config.per_stage, sampling=config.sampling).to(self.device)
         # the weight step goes through DDP (its gradients averaged as they are computed); the architect's
-        # functional calls use the plain model and average their own
+        # functional calls use the plain model and average their own. A sampled step leaves the candidates
+        # it did not draw without gradients, and each process draws its own.
         self.ddp = self.model if not self.world.distributed else torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=config.sampling != "none")
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, config.lr_min)
@@ -108,13 +110,17 @@ class Search(RunFolder):
         self.val_batches = self._batches(self.val_idx, config.seed + 1)
         self.arch_lr = config.resolved_arch_lr(self.steps_per_epoch())
         # on one CUDA device the step is launch-bound: replay it from a CUDA graph (see sase.search.graphs)
-        use_graphs = config.cuda_graphs and graphs_unavailable(self.device, self.world.distributed, config.amp) is None
+        use_graphs = config.cuda_graphs and graphs_unavailable(self.device, self.world.distributed, config.amp,
+                                                               config.sampling) is None
         self.graphed = GraphedStep() if use_graphs else None
         self.architect = Architect(self.model, self.optimizer, order=ORDERS[config.order], lr=self.arch_lr,
                                    betas=(config.arch_beta1, config.arch_beta2),
                                    weight_decay=config.arch_weight_decay, beta_decay=config.beta_decay,
                                    optimizer=config.arch_optimizer, autocast=self._autocast, scaler=self.scaler,
-                                   capturable=use_graphs)
+                                   capturable=use_graphs,
+                                   # ∂L/∂softmax(α) is what the evidence sums; a sampled step measures
+                                   # the relaxed sample's instead (the verdict then rests on the margin)
+                                   track_evidence=config.sampling == "none")
         self.epoch, self.step, self.totals = 0, 0, self._totals()
         if resume:
             self._load()
@@ -124,9 +130,11 @@ class Search(RunFolder):
     # -- data
     def _batches(self, indices: list[int], seed: int) -> tuple[SeededBatches, DataLoader]:
         sampler = SeededBatches(indices, self.config.batch_size, seed, shard=(self.world.rank, self.world.size))
+        # a generator of its own: making an iterator draws the workers' base seed, which must not come from
+        # the global generator that --sampling draws candidates from (a resume makes its iterators anew)
         loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
                             num_workers=self.config.workers, persistent_workers=self.config.workers > 0,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
         return sampler, loader
 
     def _autocast(self):
@@ -148,6 +156,7 @@ class Search(RunFolder):
         start = time.perf_counter()
         for epoch in range(self.epoch, self.config.epochs):
             self.architect.beta_weight = beta_decay_weight(self.config.beta_decay, epoch, self.config.epochs)
+            self.model.set_temperature(self.config.temperature(epoch))  # used only when sampling
             self._train_epoch(epoch)
             val_loss, val_acc = self.evaluate()
             self._end_epoch(epoch, val_loss, val_acc)
@@ -239,7 +248,8 @@ class Search(RunFolder):
         statistics, is fine. The same fixed images of the weights' half on every process, unaugmented.
         """
         images = Subset(self.eval_set, self.fit_idx[:RECALIBRATION_IMAGES])
-        update_bn(DataLoader(images, batch_size=max(2 * self.config.batch_size, 256)), self.model, self.device)
+        with full_mixture(self.model):  # the statistics of the network that is evaluated, not of samples of it
+            update_bn(DataLoader(images, batch_size=max(2 * self.config.batch_size, 256)), self.model, self.device)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -273,6 +283,8 @@ class Search(RunFolder):
                "train_loss": round(t.mean("loss"), 6), "train_acc": round(t.mean("correct"), 6),
                "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
                "genotype": self.model.genotype().to_json(indent=None), "arch_lr": self.arch_lr}
+        if self.config.sampling != "none":
+            row["tau"] = round(self.config.temperature(epoch), 6)
         if self.config.track_hessian:
             row["hessian_eigenvalue"] = round(dominant_eigenvalue(self.model, self._hessian_batches()), 6)
         row.update(verdict_columns(self.verdict(), len(self.model.alpha)))

@@ -10,6 +10,12 @@ itself (the same Parameter, tied) and works out its own softmax. Nothing is hand
 supernet's forward to the mixed ops through shared state, so `torch.func.functional_call` with
 another α, DistributedDataParallel, DataParallel's replicas and `torch.compile` all see α like any
 weight. A state dict holds α once, under "alpha".
+
+With `sampling="gumbel"` each mixed op in training mode runs one candidate per forward, drawn by hard
+Gumbel-softmax (GDAS, Dong & Yang, CVPR 2019), instead of all seven: a search step then costs about
+what training with a fixed block does. α's gradient is the straight-through one of the relaxed sample
+at temperature τ (`Supernet.set_temperature`). In eval mode, under `edge_weights_mode` and under
+`full_mixture`, every candidate runs as in DARTS.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ assert all(len(r) == NUM_CANDIDATES for r in OPS.values()), "α is a dense (edge
 
 
 BackboneBuilder = Callable[..., nn.Module]
+# how a mixed op runs in training: "none", every candidate (DARTS); "gumbel", one drawn per forward (GDAS)
+SAMPLINGS = ("none", "gumbel")
 
 
 class MixedOp(nn.Module):
@@ -39,26 +47,43 @@ class MixedOp(nn.Module):
 
     `alpha` is the supernet's whole α (groups, 6, K), tied in by `Supernet`; the op reads its own row.
     With `normalize=False` the row is used as the edge's weights as it stands (architecture selection
-    scores weights that no softmax gives, see `edge_weights_mode`).
+    scores weights that no softmax gives, see `edge_weights_mode`). With `sampling`, a forward in
+    training mode runs one candidate drawn from softmax(α) (see `sampled`).
     """
 
     alpha: nn.Parameter
 
-    def __init__(self, op_set: str, channels: int, group: int, edge: int) -> None:
+    def __init__(self, op_set: str, channels: int, group: int, edge: int, sampling: bool = False) -> None:
         super().__init__()
         self.ops = nn.ModuleList(factory(channels) for factory in OPS[op_set].values())
         self.group, self.edge = group, edge
         self.normalize = True
+        self.sampling, self.tau = sampling, 1.0  # τ: the relaxed sample's temperature, set by the search
         self.register_parameter("alpha", None)  # the supernet ties its α in once the groups are known
 
     def forward(self, x: Tensor | Features) -> Tensor:
         if self.alpha is None:
             raise RuntimeError("a mixed op runs inside a Supernet, which ties its α into every mixed op")
         a = self.alpha[self.group, self.edge]  # (K,)
+        if self.sampling and self.normalize and self.training:
+            return self.sampled(x, a)
         w = F.softmax(a, dim=-1) if self.normalize else a
         # squeeze candidates share one Features, so each statistic of x is computed once per edge
         outs = torch.stack([op(x) for op in self.ops])  # (K, B, C or 1, H or 1, W or 1)
         return torch.tensordot(w.to(outs.dtype), outs, dims=1)
+
+    def sampled(self, x: Tensor | Features, a: Tensor) -> Tensor:
+        """GDAS (Dong & Yang, CVPR 2019): h = one_hot(argmax(α + g)) in value, softmax((α + g) / τ) in gradient.
+
+        g is Gumbel noise, so candidate k is drawn with probability softmax(α)_k whatever τ is. Only that
+        candidate runs (a squeeze computes only its own statistic); the output is h_k · op_k(x) + Σ_{j≠k} h_j,
+        whose value is op_k(x) and whose α gradient reaches every candidate through the relaxed sample.
+        """
+        h = F.gumbel_softmax(a, tau=self.tau, hard=True)
+        k = int(h.argmax())  # the one host read of the step's edge: which module to run
+        others = torch.cat([h[:k], h[k + 1:]]).sum()  # 0 in value
+        out = self.ops[k](x)
+        return h[k].to(out.dtype) * out + others.to(out.dtype)
 
 
 class Supernet(nn.Module):
@@ -74,10 +99,13 @@ class Supernet(nn.Module):
         backbone: str | BackboneBuilder = "resnet20",
         num_classes: int | None = None,
         per_stage: bool = False,
+        sampling: str = "none",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.per_stage = per_stage
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        self.per_stage, self.sampling = per_stage, sampling
         self._groups: dict[int, int] = {}  # block width -> α group
         self.net = build_backbone(backbone, self._make_cell, num_classes, **backbone_kwargs)
         if not self._groups:
@@ -92,7 +120,8 @@ class Supernet(nn.Module):
     def _make_cell(self, channels: int, device: Any = None, dtype: Any = None, **_: Any) -> Cell:
         group = self._groups.setdefault(channels, len(self._groups))
         group = group if self.per_stage else 0
-        edges = [MixedOp(e.op_set, channels, group, i) for i, e in enumerate(EDGES)]
+        edges = [MixedOp(e.op_set, channels, group, i, sampling=self.sampling == "gumbel")
+                 for i, e in enumerate(EDGES)]
         # (Wang et al., 2024) the merge BatchNorm is not affine while searching
         return Cell(edges, affine=False).to(device=device, dtype=dtype)
 
@@ -101,6 +130,13 @@ class Supernet(nn.Module):
 
     def mixed_ops(self) -> Iterator[MixedOp]:
         return (m for m in self.modules() if isinstance(m, MixedOp))
+
+    def set_temperature(self, tau: float) -> None:
+        """τ of the mixed ops' relaxed samples (with sampling="gumbel"; GDAS anneals it from 10 to 0.1)."""
+        if not tau > 0:
+            raise ValueError(f"the temperature must be > 0, got {tau}")
+        for m in self.mixed_ops():
+            m.tau = tau
 
     # -- parameters, kept apart
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -142,6 +178,22 @@ def edge_weights_mode(model: Supernet) -> Iterator[None]:
     finally:
         for m in ops:
             m.normalize = True
+
+
+@contextmanager
+def full_mixture(model: Supernet) -> Iterator[None]:
+    """Inside, a sampling supernet runs every candidate of every edge, weighted by softmax(α), as in DARTS.
+
+    For what measures the mixture rather than a sample of it (the α Hessian, `sase.search.hessian`).
+    """
+    ops = [m for m in model.mixed_ops() if m.sampling]
+    for m in ops:
+        m.sampling = False
+    try:
+        yield
+    finally:
+        for m in ops:
+            m.sampling = True
 
 
 def _tied_alpha_names(model: nn.Module, prefix: str) -> list[str]:

@@ -60,6 +60,7 @@ class Verdict:
 
     edges: tuple[EdgeVerdict, ...]
     margin: float = DECIDED_MARGIN
+    tested: bool = True  # whether the indifference test had the gradients' evidence (not with --sampling)
 
     @property
     def undecided(self) -> list[EdgeVerdict]:
@@ -83,9 +84,11 @@ class Verdict:
         state = "decided" if self.decided else f"UNDECIDED on {len(self.undecided)} of {len(self.edges)} edges"
         if self.indifferent:
             state += f" ({len(self.indifferent)} indifferent: {', '.join(_name(e) for e in self.indifferent)})"
+        indifferent = (f"indifferent when the gradients show its choice changes the validation loss by under "
+                       f"{INDIFFERENCE_SHARE:.0%} of the most decisive edge's" if self.tested else
+                       "no indifference test: a sampled search does not measure the mixture's gradients")
         return (f"α {state} (an edge is decided when its top candidate leads the runner-up by at least "
-                f"{self.margin:.2f}, indifferent when the gradients show its choice changes the validation loss "
-                f"by under {INDIFFERENCE_SHARE:.0%} of the most decisive edge's); weakest "
+                f"{self.margin:.2f}, {indifferent}); weakest "
                 f"{'undecided ' if self.undecided else ''}edge {_name(weakest)}: {weakest.top} "
                 f"{weakest.top_prob:.3f} vs {weakest.runner_up} {weakest.runner_up_prob:.3f}")
 
@@ -113,7 +116,7 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"decided": self.decided, "margin_threshold": self.margin, "min_margin": round(self.min_margin, 6),
-                "indifference_share": INDIFFERENCE_SHARE,
+                "indifference_share": INDIFFERENCE_SHARE, "indifference_tested": self.tested,
                 "undecided_edges": [_name(e) for e in self.undecided],
                 "indifferent_edges": [_name(e) for e in self.indifferent],
                 "edges": [{**asdict(e), "margin": round(e.margin, 6)} for e in self.edges]}
@@ -141,7 +144,7 @@ def judge(alpha: Tensor, margin: float = DECIDED_MARGIN, evidence: EdgeEvidence 
             edges.append(EdgeVerdict(g, edge.name, names[i], round(pi, 6), names[j], round(pj, 6), state,
                                      round(max(effect.bounds), 8) if measured else None,
                                      round(effect.tolerance, 8) if measured else None))
-    return Verdict(tuple(edges), margin)
+    return Verdict(tuple(edges), margin, tested=evidence is not None)
 
 
 def _name(e: EdgeVerdict) -> str:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_step import GRAPH, make_step  # noqa: E402
+from search_step import GRAPH, GUMBEL, make_step  # noqa: E402
 
 from sase import create_model  # noqa: E402
 
@@ -201,8 +201,8 @@ def main() -> None:
 
     sections_wanted = set(args.sections.split(","))
     # 1. search step, eager and replayed from a CUDA graph (as `sase search` runs on one GPU)
-    kinds = ["plain", "1", "2", "exact"]
-    graphed = [k + GRAPH for k in kinds] if gpu.type == "cuda" else []
+    kinds = ["plain", "1", "2", "exact", "1" + GUMBEL]  # a sampled step is never graphed (it reads its draws back)
+    graphed = [k + GRAPH for k in kinds if not k.endswith(GUMBEL)] if gpu.type == "cuda" else []
     if "search" in sections_wanted:
         g32 = search_steps(gpu, args.search_batch, args.rounds, kinds + graphed)
         print("search step gpu fp32", g32, flush=True)
@@ -210,12 +210,13 @@ def main() -> None:
         g16 = search_steps(gpu, args.search_batch, args.rounds, kinds + graphed, amp="bf16") if args.bf16 else nan
         mem = search_memory(gpu, args.search_batch, kinds + graphed)
         print("search step gpu bf16", g16, "memory", mem, flush=True)
-        c32 = search_steps(cpu, args.search_batch, args.cpu_rounds, ["plain", "1", "2"]) if args.cpu_rounds else {}
+        c32 = search_steps(cpu, args.search_batch, args.cpu_rounds, ["plain", "1", "2", "1" + GUMBEL]) \
+            if args.cpu_rounds else {}
         print("search step cpu", c32, flush=True)
         results["search_step"] = {"gpu_fp32": g32, "gpu_bf16": g16, "gpu_peak_mib": mem, "cpu_fp32": c32}
         save()
         names = {"plain": "plain ResNet-20 SGD step (the unit)", "1": "first order", "2": "second order",
-                 "exact": "exact second order"}
+                 "exact": "exact second order", "1" + GUMBEL: "first order, one candidate per edge (--sampling gumbel)"}
         names.update({k + GRAPH: names[k].replace(" (the unit)", "") + ", CUDA graph" for k in kinds})
         rows = [[names[k], f"{1000 * g32[k]:.1f}", f"{g32[k] / g32['plain']:.2f}", f"{1000 * g16[k]:.1f}",
                  f"{g16[k] / g16['plain']:.2f}", f"{mem[k]:.0f}",

@@ -49,6 +49,18 @@ def test_search_on_cuda(tmp_path, amp, order):
     assert json.loads((out / "verdict.json").read_text())["edges"]
 
 
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_a_sampled_search_on_cuda_resumes_on_the_cpu(tmp_path, amp):
+    out = tmp_path / "s"
+    flags = [] if amp is None else ["--amp", amp]
+    assert main([*SEARCH, "--epochs", "2", "--order", "1", "--sampling", "gumbel", "--device", "cuda", *flags,
+                 "--out", str(out)]) == 0
+    alpha = load_checkpoint(out / "checkpoint.pt")["model"]["alpha"]
+    assert alpha.dtype == torch.float32 and torch.isfinite(alpha).all() and alpha.std() > 1e-3
+    assert main(["search", "--out", str(out), "--resume", "--epochs", "3", "--device", "cpu", "--quiet"]) == 0
+    assert [r["tau"] for r in history(out)] == ["10.0", "0.1", "0.1"]  # τ re-stretched over the new total
+
+
 def test_search_checkpoint_moves_between_cuda_and_cpu(tmp_path):
     out = tmp_path / "s"
     assert main([*SEARCH, "--device", "cuda", "--out", str(out)]) == 0

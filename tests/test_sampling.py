@@ -139,7 +139,7 @@ def test_the_temperature_decays_linearly_from_tau_max_to_tau_min():
 
 def test_sampled_search_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["search", "--order", "1", "--sampling", "gumbel", "--epochs", "3", "--batch-size", "8",
+    args = ["search", "--sampling", "gumbel", "--epochs", "3", "--batch-size", "8",  # first order by default
             "--steps-per-epoch", "3", "--image-size", "8", "--quiet", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -148,7 +148,8 @@ def test_sampled_search_end_to_end(tmp_path, capsys):
     assert [float(r["tau"]) for r in rows] == [10.0, 5.05, 0.1]
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["indifference_tested"] is False and not verdict["indifferent_edges"]
-    assert json.loads((out / "config.json").read_text())["sampling"] == "gumbel"
+    config = json.loads((out / "config.json").read_text())
+    assert config["sampling"] == "gumbel" and config["order"] == "1"
 
 
 def test_a_sampled_search_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path):
@@ -175,7 +176,7 @@ def test_a_sampled_search_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_pat
 
 
 def test_sampling_is_one_line_error_with_second_order(tmp_path, capsys):
-    assert main(["search", "--sampling", "gumbel", "--out", str(tmp_path / "r")]) == 2
+    assert main(["search", "--sampling", "gumbel", "--order", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--order 1" in err, err
     assert not (tmp_path / "r").exists()

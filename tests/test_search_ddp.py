@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -52,8 +53,9 @@ def _search_process(rank: int, size: int, port: int, config: SearchConfig, recor
     dist.destroy_process_group()
 
 
-def test_two_processes_hold_the_same_alpha_and_genotype_at_every_epoch(tmp_path):
-    config = replace(TINY, order="2", out=str(tmp_path / "run"))
+@pytest.mark.parametrize("order, sampling", [("2", "none"), ("1", "gumbel")])
+def test_two_processes_hold_the_same_alpha_and_genotype_at_every_epoch(tmp_path, order, sampling):
+    config = replace(TINY, order=order, sampling=sampling, out=str(tmp_path / "run"))
     mp.spawn(_search_process, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert len(ranks[0]["alphas"]) == config.epochs

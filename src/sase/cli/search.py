@@ -61,7 +61,8 @@ FLAGS = {
     "beta_decay": "λ of the Beta-Decay regulariser on α (β-DARTS, Ye et al., CVPR 2022); 0 disables",
     "sampling": "none (default: every candidate of every edge runs, DARTS) | gumbel: one candidate per edge drawn "
                 "from softmax(α) by hard Gumbel-softmax (GDAS, Dong & Yang, CVPR 2019), about half the cost of a "
-                "first-order step; α's gradient is the relaxed sample's, first order only (--order 1)",
+                "first-order step on a CPU; α's gradient is the relaxed sample's; first order only (the default "
+                "--order with it)",
     "tau_max": "with --sampling gumbel: the sample's temperature in the first epoch (default 10, GDAS')",
     "tau_min": "with --sampling gumbel: the temperature in the last epoch, linear in between (default 0.1)",
     "checkpoint_every": "steps between checkpoints within an epoch",
@@ -115,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         config = config.with_preset(args.preset)
     given = given_settings(args)
     given.setdefault("out", time.strftime("runs/search-%Y%m%d-%H%M%S"))
+    if given.get("sampling", "none") != "none":
+        given.setdefault("order", "1")  # a sampled search is first order (GDAS); a given --order 2 is refused
     return replace(config, **given)
 
 

@@ -248,25 +248,45 @@ def test_evaluation_recomputes_batchnorm_statistics_for_the_current_weights(tmp_
     torch.testing.assert_close(stem_bn.running_mean, torch.stack(batch_means).mean(0))
 
 
-def test_a_step_that_cannot_be_recorded_as_a_cuda_graph_is_one_clear_error(monkeypatch):
-    # the recording itself needs a GPU; here it fails as torch.cuda.graph fails on an op it cannot record
+class RefusedRecording:
+    """Stands in for torch.cuda.graph where it fails on an op it cannot record (the recording itself needs a GPU)."""
+
+    def __init__(self, graph):
+        pass
+
+    def __enter__(self):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def refuse_recordings(monkeypatch) -> None:
     from sase.search import graphs
-
-    class Refused:
-        def __init__(self, graph):
-            pass
-
-        def __enter__(self):
-            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(graphs.torch.cuda, "graph", Refused)
+    monkeypatch.setattr(graphs.torch.cuda, "graph", RefusedRecording)
     monkeypatch.setattr(graphs.torch.cuda, "CUDAGraph", lambda: None)
+
+
+def test_a_step_that_cannot_be_recorded_as_a_cuda_graph_is_one_clear_error(monkeypatch):
+    from sase.search import graphs
+    refuse_recordings(monkeypatch)
     recorded = graphs.GraphedStep(warmup=0)
     batch = (torch.zeros(2, 3), torch.zeros(2))
     with pytest.raises(graphs.GraphRecordingError, match=r"^recording the search step as a CUDA graph failed "
                        r"\(operation not permitted when stream is capturing\); run again with --no-cuda-graphs"):
         recorded(lambda train, val: (train[0].sum(),), batch, batch, key=None)
     assert recorded.graph is None and recorded.recordings == 0
+
+
+def test_a_search_whose_recording_fails_warns_once_and_goes_on_eagerly(tmp_path, monkeypatch, capsys):
+    """The step is recorded again every epoch; one failed recording must not end a long search."""
+    from sase.search import graphs
+    eager = run_search(replace(TINY, epochs=1, out=str(tmp_path / "eager")), progress=False)
+    refuse_recordings(monkeypatch)
+    search = Search(replace(TINY, epochs=1, out=str(tmp_path / "graphed")), progress=False)
+    search.graphed = graphs.GraphedStep(warmup=0)  # as on one GPU, where it records at the first step
+    assert search.run().genotype == eager.genotype
+    err = capsys.readouterr().err
+    assert err.count("recording the search step as a CUDA graph failed (operation not permitted") == 1, err
+    assert search.graphed is None
+    assert_same_state(final_state(tmp_path / "graphed"), final_state(tmp_path / "eager"))

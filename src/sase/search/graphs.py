@@ -39,6 +39,11 @@ WARMUP_STEPS = 2  # eager steps on a side stream before a recording: lazy state,
 class GraphRecordingError(RuntimeError):
     """Recording the step as a CUDA graph failed: an op that cannot be recorded, on this GPU or torch version."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"recording the search step as a CUDA graph failed ({reason}); run again with "
+                         "--no-cuda-graphs to take every step eagerly")
+        self.reason = reason  # the first line of torch's own error
+
 
 class GraphedStep:
     """Runs `step(train_batch, val_batch)` eagerly for a few calls, then records it and replays the recording.
@@ -100,8 +105,7 @@ class GraphedStep:
                 self.outputs = step((x, y), (xv, yv))
         except RuntimeError as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise GraphRecordingError(f"recording the search step as a CUDA graph failed ({first_line}); run "
-                                      "again with --no-cuda-graphs to take every step eagerly") from err
+            raise GraphRecordingError(first_line) from err
         self.graph = graph
         self.recordings += 1
 

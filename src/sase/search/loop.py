@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from ..utils.totals import LOG_EVERY, Totals
 from .architect import ORDERS, Architect, Batch
 from .config import SearchConfig
 from .evidence import starts_window
-from .graphs import GraphedStep, graphs_unavailable
+from .graphs import GraphedStep, GraphRecordingError, graphs_unavailable
 from .hessian import dominant_eigenvalue
 from .regularizers import beta_decay_weight
 from .run_folder import CHECKPOINT, RunFolder
@@ -209,7 +210,15 @@ class Search(RunFolder):
         if self.graphed is None:
             return step(train_batch, val_batch)
         key = (search_alpha, lr, self.architect.beta_weight)  # lr: the weights' (SGD's) and ξ, the same number
-        return self.graphed(step, train_batch, val_batch, key, warm_key=search_alpha)  # α's first step makes its state
+        try:
+            return self.graphed(step, train_batch, val_batch, key, warm_key=search_alpha)  # α's first step makes its state
+        except GraphRecordingError as err:
+            # the step is recorded again every epoch: a recording that fails once must not end a long search.
+            # A failed recording ran nothing (the recorded kernels never launched), so the step is taken eagerly.
+            tqdm.write(f"warning: recording the search step as a CUDA graph failed ({err.reason}); the search goes "
+                       "on with every step taken eagerly (--no-cuda-graphs skips recording)", file=sys.stderr)
+            self.graphed = None
+            return step(train_batch, val_batch)
 
     def _weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step of the weights; (loss, hits) as tensors on the device."""

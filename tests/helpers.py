@@ -64,18 +64,19 @@ def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 1) -> None
                 write_image(root / split / c / f"{i}.png", seed=i)
 
 
-def interrupt_after(trainer, steps: int) -> None:
-    """Run `trainer` and stop it with KeyboardInterrupt (as Ctrl-C would) when it starts step `steps` + 1."""
+def interrupt_after(run, steps: int, method: str = "_train_step") -> None:
+    """Run `run` (a trainer, or a search with method="_weight_step") and stop it with KeyboardInterrupt (as
+    Ctrl-C would) when it starts step `steps` + 1, counted over its epochs."""
     import pytest
 
-    original, calls = trainer._train_step, {"n": 0}
+    original, calls = getattr(run, method), {"n": 0}
 
-    def step(x, y):
+    def step(*args):
         if calls["n"] == steps:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return original(x, y)
+        return original(*args)
 
-    trainer._train_step = step
+    setattr(run, method, step)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+        run.run()

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import interrupt_after
 from scipy import stats
 from test_ops import op_input
 
@@ -153,18 +153,7 @@ def test_sampled_search_end_to_end_and_resumed_mid_epoch(tmp_path, capsys):
     assert saved["sampling"] == "gumbel" and saved["order"] == "1"
 
     config = SearchConfig(**{**saved, "out": str(tmp_path / "cut")})
-    search = Search(config, progress=False)
-    original, steps = search._weight_step, {"n": 0}
-
-    def stop(batch):
-        if steps["n"] == 4:  # epoch 2, step 2, after the checkpoint of its step 1
-            raise KeyboardInterrupt
-        steps["n"] += 1
-        return original(batch)
-
-    search._weight_step = stop  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        search.run()
+    interrupt_after(Search(config, progress=False), 4, "_weight_step")  # epoch 2, step 2, after its step 1's checkpoint
     Search(config, resume=True, progress=False).run()
     cut, done = (load_checkpoint(p / "checkpoint.pt")["model"] for p in (tmp_path / "cut", whole))
     assert cut.keys() == done.keys() and all(torch.equal(cut[k], done[k]) for k in cut)

@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import interrupt_after
+
 from sase import EDGE_NAMES, Genotype
 from sase.cli import main
 from sase.search import Search, SearchConfig, SearchDiverged, run_search
@@ -72,19 +74,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     whole = run_search(replace(TINY, out=str(tmp_path / "whole")), progress=False)
 
     config = replace(TINY, out=str(tmp_path / "cut"))
-    search = Search(config, progress=False)
-    steps = {"n": 0}
-    original = search._weight_step
-
-    def stop_after_two(batch):
-        if steps["n"] == 5:  # epoch 2, step 3: after the checkpoint of step 2
-            raise KeyboardInterrupt
-        steps["n"] += 1
-        return original(batch)
-
-    search._weight_step = stop_after_two  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        search.run()
+    interrupt_after(Search(config, progress=False), 5, "_weight_step")  # epoch 2, step 3: after the checkpoint of step 2
     saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (saved["epoch"], saved["step"]) == (1, 2)
 

@@ -24,8 +24,7 @@ from typing import Any
 
 from ..data import DATASETS
 from ..search import PRESETS, SearchConfig, SearchDiverged, run_search, run_seeds, write_stability
-from ..search.config import SELECTIONS
-from ..search.supernet import SAMPLINGS
+from ..search.config import SAMPLINGS, SELECTIONS
 from ..search.optim import ARCH_OPTIMIZERS
 from ..utils.config import AMP_MODES
 from ..utils.distributed import world

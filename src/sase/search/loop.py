@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import update_bn
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..data import build_dataset
@@ -42,7 +40,7 @@ from ..train.recipe import autocast, build_scaler, full_precision, resolve_devic
 from ..utils.csvlog import append_csv, read_csv
 from ..utils.distributed import broadcast_buffers, broadcast_object, check_batch, setup, world
 from ..utils.folders import check_out
-from ..utils.sampling import SeededBatches, SeededSamples, split_indices
+from ..utils.sampling import split_indices
 from ..utils.totals import LOG_EVERY, Totals
 from .architect import ORDERS, Architect, Batch
 from .config import SearchConfig
@@ -50,15 +48,12 @@ from .evidence import starts_window
 from .graphs import GraphedStep, GraphRecordingError, graphs_unavailable
 from .hessian import dominant_eigenvalue
 from .regularizers import beta_decay_weight
+from .batches import SearchBatches
 from .run_folder import CHECKPOINT, RunFolder
 from .report import alpha_summary, plot_alpha_evolution, plot_alpha_heatmap, plot_hessian
 from .select import perturbation_select
-from .supernet import Supernet, full_mixture, main_genotype
+from .supernet import Supernet, main_genotype
 from .verdict import Verdict, judge, verdict_columns
-
-HESSIAN_IMAGES = 256  # images of the α half on which the Hessian's dominant eigenvalue is tracked
-# images of the weights' half whose batch statistics replace BatchNorm's running ones before every evaluation
-RECALIBRATION_IMAGES = 1024
 
 
 class SearchDiverged(RuntimeError):
@@ -78,7 +73,7 @@ class SearchResult:
     probs: list  # softmax(α) at the end, (groups, 6 edges, K candidates) as nested lists
 
 
-class Search(RunFolder):
+class Search(RunFolder, SearchBatches):
     """A search run in `config.out`, fresh or resumed from its checkpoint."""
 
     def __init__(self, config: SearchConfig, resume: bool = False, progress: bool = True) -> None:
@@ -99,7 +94,7 @@ class Search(RunFolder):
                               per_stage=config.per_stage, sampling=config.sampling).to(self.device)
         # the weight step goes through DDP (its gradients averaged as they are computed); the architect's
         # functional calls use the plain model and average their own. A sampled step leaves the candidates
-        # it did not draw without gradients, and each process draws its own.
+        # it did not draw without gradients.
         self.ddp = self.model if not self.world.distributed else torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=config.sampling != "none")
@@ -128,29 +123,11 @@ class Search(RunFolder):
         else:
             self._start_folder()
 
-    # -- data
-    def _batches(self, indices: list[int], seed: int) -> tuple[SeededBatches, DataLoader]:
-        sampler = SeededBatches(indices, self.config.batch_size, seed, shard=(self.world.rank, self.world.size))
-        # a generator of its own: making an iterator draws the workers' base seed, which must not come from
-        # the global generator that --sampling draws candidates from (a resume makes its iterators anew)
-        loader = DataLoader(SeededSamples(self.train_set, seed), batch_sampler=sampler,
-                            num_workers=self.config.workers, persistent_workers=self.config.workers > 0,
-                            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-        return sampler, loader
-
     def _autocast(self):
         return autocast(self.config.amp, self.device, cache=self.graphed is None)
 
     def _totals(self, saved: dict | None = None) -> Totals:
         return Totals(saved, across_processes=self.world.distributed)  # sums of the global batch
-
-    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def steps_per_epoch(self) -> int:
-        steps = min(self.fit_batches[0].batches(), self.val_batches[0].batches())
-        return steps if self.config.steps_per_epoch is None else min(steps, self.config.steps_per_epoch)
 
     # -- the run
     def run(self) -> SearchResult:
@@ -248,18 +225,6 @@ class Search(RunFolder):
             self.scaler.update()
         return loss.detach(), (logits.argmax(1) == y).sum()
 
-    def recalibrate_batchnorm(self) -> None:
-        """BatchNorm's running statistics recomputed for the weights as they stand (Guo et al., ECCV 2020).
-
-        The running averages trail the weights by ~1/momentum steps; in a supernet whose unbounded
-        attention multipliers compound over the blocks, statistics that lag a fast-changing early
-        search blow the evaluation up (NaN losses, below-chance accuracy) while training, on batch
-        statistics, is fine. The same fixed images of the weights' half on every process, unaugmented.
-        """
-        images = Subset(self.eval_set, self.fit_idx[:RECALIBRATION_IMAGES])
-        with full_mixture(self.model):  # the statistics of the network that is evaluated, not of samples of it
-            update_bn(DataLoader(images, batch_size=max(2 * self.config.batch_size, 256)), self.model, self.device)
-
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the α half, without augmentation."""
@@ -336,23 +301,6 @@ class Search(RunFolder):
             (self.out / "perturbation.json").write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
         return selection.genotypes
 
-    def _eval_loader(self) -> DataLoader:
-        # no gradients are kept, so a large batch costs little memory and saves the supernet's per-call
-        # overhead (28 candidate ops per block), which dominates on small images
-        return self._loader(self.val_idx[self.world.rank::self.world.size])  # each image on one process
-
-    def _loader(self, indices: list[int]) -> DataLoader:
-        return DataLoader(Subset(self.eval_set, indices), batch_size=max(2 * self.config.batch_size, 256),
-                          num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
-
-    def _selection_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole α half, unaugmented: every candidate removal is scored on the same images (on every process)."""
-        return [self._to_device(b) for b in self._loader(self.val_idx)]
-
-    def _hessian_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A fixed slice of the α half (the same images every epoch), so the eigenvalues are comparable."""
-        loader = DataLoader(Subset(self.eval_set, self.val_idx[:HESSIAN_IMAGES]), batch_size=self.config.batch_size)
-        return [self._to_device(b) for b in loader]
 
 
 def probabilities(alpha: torch.Tensor) -> list:

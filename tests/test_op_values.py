@@ -92,6 +92,13 @@ def mixer(op: nn.Module, a: Tensor, b: Tensor) -> Tensor:
     return torch.relu(w[0] * a + w[1] * b)
 
 
+def fourth_root(t: Tensor) -> Tensor:
+    """t^(1/4) for t >= 0, its slope taken as 0 at t = 0 where the power's is infinite (a map scaled to zero
+    by the channel refinement has a 4-norm of 0, and its gradient would be NaN)."""
+    positive = t > 0
+    return torch.where(positive, torch.where(positive, t, 1.0).pow(0.25), 0.0)
+
+
 def moments(x: Tensor, dims) -> tuple[Tensor, Tensor, Tensor]:
     mean = x.mean(dims, keepdim=True)
     d = x - mean
@@ -133,7 +140,7 @@ def channel_cov(op: nn.Module, x: Tensor, train: bool) -> Tensor:
 CHANNEL_SQUEEZE: dict[str, Reference] = {
     "gap": lambda op, x, train: x.mean(HW, keepdim=True),
     "l2": lambda op, x, train: instance_norm(op, x).pow(2).sum(HW, keepdim=True).sqrt(),
-    "pnorm": lambda op, x, train: x.pow(4).sum(HW, keepdim=True).pow(0.25),
+    "pnorm": lambda op, x, train: fourth_root(x.pow(4).sum(HW, keepdim=True)),
     "gap_gmp": lambda op, x, train: mixer(op, x.mean(HW, keepdim=True), x.amax(HW, keepdim=True)),
     "gap_std": lambda op, x, train: mixer(op, moments(x, HW)[0], std(moments(x, HW)[1])),
     "gap_skew": lambda op, x, train: mixer(op, moments(x, HW)[0], moments(x, HW)[2]),
@@ -153,7 +160,7 @@ def spatial_cov(op: nn.Module, x: Tensor, train: bool) -> Tensor:
 SPATIAL_SQUEEZE: dict[str, Reference] = {
     "gap": lambda op, x, train: x.mean(1, keepdim=True),
     "l2": lambda op, x, train: instance_norm(op, x).pow(2).sum(1, keepdim=True).sqrt(),
-    "pnorm": lambda op, x, train: x.pow(4).sum(1, keepdim=True).pow(0.25),
+    "pnorm": lambda op, x, train: fourth_root(x.pow(4).sum(1, keepdim=True)),
     "gap_gmp": lambda op, x, train: mixer(op, x.mean(1, keepdim=True), x.amax(1, keepdim=True)),
     "gap_std": lambda op, x, train: mixer(op, moments(x, 1)[0], std(moments(x, 1)[1])),
     "gap_skew": lambda op, x, train: mixer(op, moments(x, 1)[0], moments(x, 1)[2]),
@@ -427,6 +434,39 @@ def test_block_matches_the_cell_definition_for_every_op_on_every_edge(edge):
         genotype = Genotype.from_dict({**Genotype.paper().to_dict(), e.name: name})
         block = randomise(SASEBlock(16, genotype=genotype, dtype=torch.float64), seed=edge).eval()
         assert_matches(block(x), sase_block(block, x, False), 1e-10, name)
+
+
+def assert_same_input_gradient(out: Tensor, ref: Tensor, x: Tensor, msg: str) -> None:
+    """d/dx of sum(out * r) against d/dx of sum(ref * r), for one fixed random r."""
+    r = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    (got,) = torch.autograd.grad((out * r).sum(), x)
+    (want,) = torch.autograd.grad((ref * r).sum(), x)
+    assert_matches(got, want, 1e-9, f"{msg}: input gradient")
+
+
+# -- float64 input gradients in training: the statistics' hand-written backward passes (sase.ops.autograd)
+# against autograd's derivative of each definition above
+@pytest.mark.parametrize("channels,size", CASES[:2], ids=lambda v: str(v))
+@pytest.mark.parametrize("op_set,name", [(s, n) for s, n in ALL_OPS if s.endswith("squeeze")])
+def test_squeeze_op_input_gradient_matches_its_definition(op_set, name, channels, size):
+    op = randomise(create_op(op_set, name, channels).double(), seed=ALL_OPS.index((op_set, name))).train()
+    if hasattr(op, "mix"):
+        with torch.no_grad():
+            op.mix.weight.abs_()
+    x = op_input(op_set, 3, channels, size, torch.Generator().manual_seed(channels)).requires_grad_()
+    assert_same_input_gradient(op(x), OP_REFERENCES[op_set][name](op, x, True), x, f"{op_set}/{name}")
+
+
+@pytest.mark.parametrize("edge", range(len(EDGES)), ids=[e.name for e in EDGES])
+def test_block_input_gradient_in_training_matches_the_cell_definition_for_every_op_on_every_edge(edge):
+    """Through every path of the cell: s3's scale and the merge depend on x too, so the weights' gradient
+    of a weighted sum over channels is checked here as well."""
+    e = EDGES[edge]
+    x = op_input("block", 2, 16, (7, 5), torch.Generator().manual_seed(edge)).requires_grad_()
+    for name in OPS[e.op_set]:
+        genotype = Genotype.from_dict({**Genotype.paper().to_dict(), e.name: name})
+        block = randomise(SASEBlock(16, genotype=genotype, dtype=torch.float64), seed=edge).train()
+        assert_same_input_gradient(block(x), sase_block(block, x, True), x, name)
 
 
 SQUEEZE_OPS = [(s, n) for s, n in ALL_OPS if s.endswith("squeeze")]

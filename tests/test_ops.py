@@ -218,11 +218,20 @@ def test_importing_the_package_builds_nothing_and_draws_no_random_numbers():
 
 
 def test_statistics_write_out_only_the_powers_they_need():
-    features = Features(torch.randn(2, 8, 5, 5))
-    features.hw.mean, features.c.mean, features.hw.max
-    assert not {"x2", "x3", "x4"} & set(vars(features)), "a power of the map was written out needlessly"
-    features.c.pnorm4
-    assert "x4" in vars(features) and "x3" not in vars(features)
+    with torch.no_grad():
+        features = Features(torch.randn(2, 8, 5, 5))
+        features.hw.mean, features.c.mean, features.hw.max
+        assert not {"x2", "x3", "x4"} & set(vars(features)), "a power of the map was written out needlessly"
+        features.c.pnorm4
+        assert "x4" in vars(features) and "x3" not in vars(features)
+
+
+def test_in_training_a_lone_pnorm_over_channels_keeps_no_power_of_the_map():
+    features = Features(torch.randn(2, 8, 5, 5, requires_grad=True))
+    features.scaled(torch.rand(2, 8, 1, 1)).c.pnorm4, features.c.pnorm4
+    assert not {"x2", "x3", "x4"} & set(vars(features))
+    features.hw.pnorm4  # a sum over (H, W) reads x^4 itself: written out once, then shared
+    assert "x4" in vars(features) and "x2" not in vars(features)
 
 
 @pytest.mark.parametrize("size,out", [((16, 16), (8, 8)), ((8, 8), (16, 16)), ((5, 7), (8, 8)), ((8, 8), (7, 5)),

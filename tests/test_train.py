@@ -233,8 +233,14 @@ def test_amp_runs_give_finite_metrics(tmp_path, capsys, amp):
 
 def test_a_compiled_training_step_follows_the_eager_one(tmp_path):
     """aot_eager traces forward and backward as inductor does (AOTAutograd), without generating code: the
-    compiled step must train the same weights, and the checkpoint must hold the plain model's names."""
-    args = ["train", *CLI_TINY, "--attention", "paper", "--seed", "1"]
+    compiled step must train the same weights, and the checkpoint must hold the plain model's names.
+
+    Two steps: the traced backward is autograd's, the eager one the statistics' own (sase.ops.autograd),
+    equal up to float rounding. Digits' flat backgrounds tie the max over positions, so after a few
+    steps differences of 1e-7 choose other maxima and the two runs part, as any two roundings would.
+    """
+    args = ["train", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--image-size", "8",
+            "--quiet", "--attention", "paper", "--seed", "1"]
     assert main([*args, "--out", str(tmp_path / "eager")]) == 0
     assert main([*args, "--out", str(tmp_path / "compiled"), "--compile", "aot_eager"]) == 0
     eager, compiled = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("eager", "compiled"))

@@ -109,6 +109,8 @@ class MeanAnd(nn.Module):
     @no_autocast
     def forward(self, x: Tensor | Features) -> Tensor:
         stats = getattr(Features.of(x), self.axis)
+        if self.second == "max":
+            return self.mix(*stats.mean_and_max)
         return self.mix(stats.mean, getattr(stats, self.second))
 
     def extra_repr(self) -> str:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax
+
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
 
@@ -93,6 +95,13 @@ class Moments:
     @stat
     def max(self) -> Tensor:
         return self.features.x32.amax(self.dims, keepdim=True)
+
+    @stat
+    def mean_and_max(self) -> tuple[Tensor, Tensor]:
+        """(mean, max), read together by the gap_gmp squeezes: in training, one autograd node for both."""
+        if recording():
+            return MeanMax.apply(self.features.x32, self.dims)
+        return self.mean, self.max
 
     @stat
     def var(self) -> Tensor:
@@ -212,8 +221,10 @@ class Features:
 
     @lazy
     def x4(self) -> Tensor:
-        if "x2" in self.__dict__ or torch.is_grad_enabled() or exporting():
+        if "x2" in self.__dict__ or exporting():
             return self.x2 * self.x2
+        if recording():
+            return FourthPower.apply(self.x32)
         # inference, nobody needs x^2: square it in place, one fresh full-size buffer instead of two
         x2 = self.x32 * self.x32
         return x2.mul_(x2)
@@ -245,6 +256,9 @@ class Features:
         source = self.unscaled or self
         if dims == (1,):
             weights = None if self.unscaled is None else _powers(wide(self.scale).flatten(1), k)
+            if k == 4 and "x4" not in source.__dict__ and recording():
+                # in training, a map whose x^4 no other statistic has asked for: summed without keeping it
+                return ChannelFourthSum.apply(source.x32, weights)
             return source.channel_sum(source.power(k), weights)
         if self.unscaled is not None:  # over (H, W) the scale is a per-channel constant
             return _powers(wide(self.scale), k) * self.unscaled.power_sum(dims, k)
@@ -256,6 +270,8 @@ class Features:
         A matmul reads the map faster than a strided sum over C, and weighs the channels without
         writing the weighted map out.
         """
+        if weights is None and recording():
+            return ChannelSum.apply(values)
         b, c, h, w = values.shape
         rows = values.new_ones(b, 1, c) if weights is None else weights.unsqueeze(1)  # (B, 1, C)
         return torch.bmm(rows, values.reshape(b, c, h * w)).view(b, 1, h, w)
@@ -294,6 +310,12 @@ def exporting() -> bool:
     or cache tensors by size give way there to plain ops of the same values, which every tracer can
     carry with dynamic batch and spatial sizes."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def recording() -> bool:
+    """True while autograd records an eager forward: the statistics with hand-written backward passes
+    (`sase.ops.autograd`) serve there; without autograd, or traced, the plain ops do."""
+    return torch.is_grad_enabled() and not exporting()
 
 
 def at_least_one(n: int | Tensor) -> int | Tensor:

@@ -1,0 +1,109 @@
+"""The statistics' hand-written backward passes (`sase.ops.autograd`): derivatives, ties, second derivatives.
+
+The ops and the block built on them are checked against their definitions, gradients included, in
+test_op_values.py; here each function is checked on its own by finite differences (first and second
+order, as the search's Hessian-vector products need), at ties of a maximum against autograd's own
+convention, and for what it keeps for the backward pass.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from sase import SASEBlock
+from sase.ops.autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax
+
+
+def rand(*shape: int, seed: int = 0, requires_grad: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(requires_grad)
+
+
+CASES = {
+    "fourth_power": (FourthPower.apply, lambda: (rand(2, 3, 4, 5),)),
+    "channel_fourth_sum": (ChannelFourthSum.apply, lambda: (rand(2, 3, 4, 5), rand(2, 3, seed=1))),
+    "channel_fourth_sum_unweighted": (lambda x: ChannelFourthSum.apply(x, None), lambda: (rand(2, 3, 4, 5),)),
+    "channel_sum": (ChannelSum.apply, lambda: (rand(2, 3, 4, 5),)),
+    "mean_max_hw": (lambda x: MeanMax.apply(x, (2, 3)), lambda: (rand(2, 3, 4, 5),)),
+    "mean_max_c": (lambda x: MeanMax.apply(x, (1,)), lambda: (rand(2, 3, 4, 5),)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_first_and_second_derivatives_by_finite_differences(name):
+    fn, inputs = CASES[name]
+    assert gradcheck(fn, inputs())
+    assert gradgradcheck(fn, inputs())
+
+
+DEFINITIONS = {
+    "fourth_power": lambda x, w: x ** 4,
+    "channel_fourth_sum": lambda x, w: (w[..., None, None] * x ** 4).sum(1, keepdim=True),
+    "channel_fourth_sum_unweighted": lambda x, w: (x ** 4).sum(1, keepdim=True),
+    "channel_sum": lambda x, w: x.sum(1, keepdim=True),
+    "mean_max_hw": lambda x, w: (x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)),
+    "mean_max_c": lambda x, w: (x.mean(1, keepdim=True), x.amax(1, keepdim=True)),
+}
+
+
+def tied_map() -> torch.Tensor:
+    """Maxima tied within a channel and within a position, and one constant channel (all tied)."""
+    x = rand(2, 3, 4, 5, requires_grad=False).round()
+    x[0, 1] = 2.0
+    x[1, :, 1, 2] = x[1].max() + 1
+    return x.requires_grad_()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("map_kind", ["random", "ties"])
+def test_gradients_equal_autograd_of_the_definition_ties_included(name, map_kind):
+    """At a tie autograd splits a maximum's gradient evenly among the maxima: so must these."""
+    fn, _ = CASES[name]
+    x = rand(2, 3, 4, 5) if map_kind == "random" else tied_map()
+    w = rand(2, 3, seed=1)
+    args = (x, w) if name == "channel_fourth_sum" else (x,)
+    got, want = fn(*args), DEFINITIONS[name](x, w)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    weights = [rand(*t.shape, seed=2 + i, requires_grad=False) for i, t in enumerate(want)]
+    for g, v in zip(got, want):
+        torch.testing.assert_close(g, v)
+    grads = torch.autograd.grad(sum((g * r).sum() for g, r in zip(got, weights)), args)
+    expected = torch.autograd.grad(sum((v * r).sum() for v, r in zip(want, weights)), args)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_second_backward_pass_gives_the_same_gradient(name):
+    """The backward passes work in place on buffers of their own: nothing they keep is overwritten."""
+    fn, inputs = CASES[name]
+    args = inputs()
+    out = fn(*args)
+    loss = sum(o.sum() for o in out) if isinstance(out, tuple) else (out * out).sum()
+    first = torch.autograd.grad(loss, args, retain_graph=True)
+    second = torch.autograd.grad(loss, args)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(args, inputs())), "an input was changed in place"
+
+
+def saved_full_size_maps(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many distinct full-size tensors the forward keeps for the backward pass."""
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.numel() >= x.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x * 1)  # a non-leaf input, as in a network
+    return len(seen)
+
+
+def test_the_published_block_keeps_two_maps_for_its_backward_pass():
+    """Its input and its gate: x^2 and x^4 of the map are recomputed in the backward pass, not kept
+    (autograd's own route kept both, four maps per block)."""
+    block = SASEBlock(16).train()
+    assert saved_full_size_maps(block, torch.randn(4, 16, 8, 8, requires_grad=True)) == 2

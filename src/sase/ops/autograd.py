@@ -21,6 +21,15 @@ import torch
 from torch import Tensor
 
 
+def weighted_channel_sum(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Sum over C of weights (B, C) * values (B, C, H, W) -> (B, 1, H, W), weights None meaning all ones,
+    as one batched matmul: it reads the map faster than a strided sum over C on a CPU, and weighs the
+    channels without writing the weighted map out."""
+    b, c, h, w = values.shape
+    rows = values.new_ones(b, 1, c) if weights is None else weights.unsqueeze(1)  # (B, 1, C)
+    return torch.bmm(rows, values.reshape(b, c, h * w)).view(b, 1, h, w)
+
+
 class FourthPower(torch.autograd.Function):
     """x^4, keeping x (not x^2 and x^4) for d/dx = 4 x^3."""
 
@@ -48,11 +57,8 @@ class ChannelFourthSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, w)
-        b, c, h, w_ = x.shape
         x4 = x * x
-        x4.mul_(x4)
-        rows = x.new_ones(b, 1, c) if w is None else w.unsqueeze(1)
-        return torch.bmm(rows, x4.reshape(b, c, h * w_)).view(b, 1, h, w_)
+        return weighted_channel_sum(x4.mul_(x4), w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -61,8 +67,10 @@ class ChannelFourthSum(torch.autograd.Function):
         building = torch.is_grad_enabled()  # a graph of this gradient is built: grad_w's keeps x3g
         x3g = x * x * x * grad4 if building else (x * x).mul_(x).mul_(grad4)
         grad_w = (x * x3g).sum((2, 3)) / 4 if ctx.needs_input_grad[1] else None
-        if w is None or not ctx.needs_input_grad[0]:
-            return (x3g if ctx.needs_input_grad[0] else None), grad_w
+        if not ctx.needs_input_grad[0]:
+            return None, grad_w
+        if w is None:
+            return x3g, grad_w
         w = w.view(*w.shape, 1, 1)
         return (x3g * w if building else x3g.mul_(w)), grad_w
 
@@ -74,8 +82,7 @@ class ChannelSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.shape = x.shape
-        b, c, h, w = x.shape
-        return torch.bmm(x.new_ones(b, 1, c), x.reshape(b, c, h * w)).view(b, 1, h, w)
+        return weighted_channel_sum(x, None)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax
+from .autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax, weighted_channel_sum
 
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
@@ -265,16 +265,10 @@ class Features:
         return self.power(k).sum(dims, keepdim=True)
 
     def channel_sum(self, values: Tensor, weights: Tensor | None = None) -> Tensor:
-        """Sum over C of weights (B, C) * values (B, C, H, W) -> (B, 1, H, W), as one batched matmul.
-
-        A matmul reads the map faster than a strided sum over C, and weighs the channels without
-        writing the weighted map out.
-        """
+        """Sum over C of weights (B, C) * values (B, C, H, W) -> (B, 1, H, W) (`weighted_channel_sum`)."""
         if weights is None and recording():
             return ChannelSum.apply(values)
-        b, c, h, w = values.shape
-        rows = values.new_ones(b, 1, c) if weights is None else weights.unsqueeze(1)  # (B, 1, C)
-        return torch.bmm(rows, values.reshape(b, c, h * w)).view(b, 1, h, w)
+        return weighted_channel_sum(values, weights)
 
     def channel_affine_sq_sum(self, scale: Tensor, shift: Tensor) -> Tensor:
         """Sum over C of (scale * d + shift)^2, d = this map centred per channel over (H, W), for per-channel

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_step import GRAPH, GUMBEL, make_step  # noqa: E402
 
 from sase import create_model  # noqa: E402
+from sase.export.memory import cuda_peak_mib  # noqa: E402
 
 ATTENTIONS = ["none", "se", "eca", "cbam", "sase"]
 AMP = {"fp32": None, "bf16": torch.bfloat16}
@@ -102,7 +103,18 @@ def train_steps(model_name: str, batch: int, size: int, classes: int, device: to
     for a in ATTENTIONS:
         torch.manual_seed(0)
         fns[a] = train_step(create_model(model_name, attention=a, num_classes=classes).to(device), x, y, amp)
-    return timed(fns, device, rounds, inner=3)
+    return timed(fns, device, rounds, inner=3), peak_rise(fns, device)
+
+
+def peak_rise(fns: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
+    """MiB: the rise of allocated GPU memory over one call of each fn (activations, and in training the gradients;
+    weights and optimiser state exist before it)."""
+    memory = {k: float("nan") for k in fns}
+    for k, fn in fns.items() if device.type == "cuda" else ():
+        gc.collect()  # what the timing left behind is freed before the baseline is read
+        torch.cuda.empty_cache()
+        memory[k] = cuda_peak_mib(fn, device)
+    return memory
 
 
 def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int) -> tuple[dict, dict]:
@@ -118,18 +130,8 @@ def inference(device: torch.device, batch: int, size: int, amp: str, rounds: int
                 m(x)
         return run
 
-    times = timed({a: forward(m) for a, m in models.items()}, device, rounds, inner=3)
-    memory = {a: float("nan") for a in models}
-    for a, m in models.items() if device.type == "cuda" else ():  # the rise of allocated memory over one forward: activations
-        gc.collect()  # what the timing left behind is freed before the baseline is read
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        forward(m)()
-        torch.cuda.synchronize()
-        memory[a] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return times, memory
+    fns = {a: forward(m) for a, m in models.items()}
+    return timed(fns, device, rounds, inner=3), peak_rise(fns, device)
 
 
 def search_memory(device: torch.device, batch: int, kinds: list[str]) -> dict[str, float]:
@@ -235,14 +237,15 @@ def main() -> None:
     for name, batch, size, classes in (("resnet50", args.r50_batch, args.r50_size, 1000), ("resnet20", 128, 32, 10)) \
             if "train" in sections_wanted else ():
         for amp in AMP:
-            t = train_steps(name, batch, size, classes, gpu, amp, args.rounds)
-            results["train_step"][f"{name}_{amp}"] = t
-            print("train step", name, amp, t, flush=True)
-            rows.append([f"{name}, batch {batch}, {size}x{size}, {amp}", f"{1000 * t['none']:.1f}"]
-                        + [f"{t[a] / t['none']:.2f}" for a in ATTENTIONS[1:]])
-            sections["Training step"] = ("One SGD step (forward, backward, update) with each attention module, as a "
-                    "ratio to the plain backbone measured in the same rounds.\n\n"
-                                         + table(["backbone", "plain ms", *[f"{a} / plain" for a in ATTENTIONS[1:]]], rows))
+            t, m = train_steps(name, batch, size, classes, gpu, amp, args.rounds)
+            results["train_step"][f"{name}_{amp}"] = {"seconds": t, "peak_mib": m}
+            print("train step", name, amp, t, m, flush=True)
+            rows.append([f"{name}, batch {batch}, {size}x{size}, {amp}", f"{1000 * t['none']:.1f}", f"{m['none']:.0f}"]
+                        + [f"{t[a] / t['none']:.2f} / {m[a] / m['none']:.2f}" for a in ATTENTIONS[1:]])
+            sections["Training step"] = ("One SGD step (forward, backward, update) with each attention module; each "
+                    "cell is time / peak memory as ratios to the plain backbone measured in the same rounds (memory: "
+                    "the rise of allocated GPU memory over the step).\n\n"
+                    + table(["backbone", "plain ms", "plain MiB", *ATTENTIONS[1:]], rows))
             save()
 
     # 3. inference

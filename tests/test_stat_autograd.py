@@ -15,9 +15,12 @@ from sase import SASEBlock
 from sase.ops.autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax
 
 
-def rand(*shape: int, seed: int = 0, requires_grad: bool = True) -> torch.Tensor:
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # the same checks on a GPU where there is one
+
+
+def rand(*shape: int, seed: int = 0, requires_grad: bool = True, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(requires_grad)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(requires_grad)
 
 
 CASES = {
@@ -30,11 +33,13 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_first_and_second_derivatives_by_finite_differences(name):
+def test_first_and_second_derivatives_by_finite_differences(name, device):
     fn, inputs = CASES[name]
-    assert gradcheck(fn, inputs())
-    assert gradgradcheck(fn, inputs())
+    on = lambda: tuple(t.detach().to(device).requires_grad_() for t in inputs())
+    assert gradcheck(fn, on())
+    assert gradgradcheck(fn, on())
 
 
 DEFINITIONS = {
@@ -47,25 +52,26 @@ DEFINITIONS = {
 }
 
 
-def tied_map() -> torch.Tensor:
+def tied_map(device: str = "cpu") -> torch.Tensor:
     """Maxima tied within a channel and within a position, and one constant channel (all tied)."""
-    x = rand(2, 3, 4, 5, requires_grad=False).round()
+    x = rand(2, 3, 4, 5, requires_grad=False, device=device).round()
     x[0, 1] = 2.0
     x[1, :, 1, 2] = x[1].max() + 1
     return x.requires_grad_()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("map_kind", ["random", "ties"])
-def test_gradients_equal_autograd_of_the_definition_ties_included(name, map_kind):
+def test_gradients_equal_autograd_of_the_definition_ties_included(name, map_kind, device):
     """At a tie autograd splits a maximum's gradient evenly among the maxima: so must these."""
     fn, _ = CASES[name]
-    x = rand(2, 3, 4, 5) if map_kind == "random" else tied_map()
-    w = rand(2, 3, seed=1)
+    x = rand(2, 3, 4, 5, device=device) if map_kind == "random" else tied_map(device)
+    w = rand(2, 3, seed=1, device=device)
     args = (x, w) if name == "channel_fourth_sum" else (x,)
     got, want = fn(*args), DEFINITIONS[name](x, w)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
-    weights = [rand(*t.shape, seed=2 + i, requires_grad=False) for i, t in enumerate(want)]
+    weights = [rand(*t.shape, seed=2 + i, requires_grad=False, device=device) for i, t in enumerate(want)]
     for g, v in zip(got, want):
         torch.testing.assert_close(g, v)
     grads = torch.autograd.grad(sum((g * r).sum() for g, r in zip(got, weights)), args)

@@ -24,15 +24,17 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 def cuda_peaks(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(inference, training) peak MiB above the memory allocated before each pass, on x's CUDA device."""
-    peaks = []
-    for work in (_inference(model, x), _training(model, x, labels)):
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        work()
-        torch.cuda.synchronize(x.device)
-        peaks.append((torch.cuda.max_memory_allocated(x.device) - base) / 2**20)
-    return peaks[0], peaks[1]
+    return cuda_peak_mib(_inference(model, x), x.device), cuda_peak_mib(_training(model, x, labels), x.device)
+
+
+def cuda_peak_mib(work: Callable[[], object], device: torch.device) -> float:
+    """The rise of allocated memory on a CUDA device over one call of work, in MiB."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    work()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def cpu_peaks(model: str, attention: str, batch: int, size: int, in_chans: int, num_classes: int,

@@ -94,22 +94,55 @@ def test_a_second_backward_pass_gives_the_same_gradient(name):
     assert all(torch.equal(a, b) for a, b in zip(args, inputs())), "an input was changed in place"
 
 
-def saved_full_size_maps(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """How many distinct full-size tensors the forward keeps for the backward pass."""
-    seen: set[int] = set()
+def saved_full_size_maps(module: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.dtype]:
+    """The distinct full-size tensors the forward keeps for the backward pass (storage -> dtype)."""
+    seen: dict[int, torch.dtype] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if t.numel() >= x.numel():
-            seen.add(t.untyped_storage().data_ptr())
+            seen[t.untyped_storage().data_ptr()] = t.dtype
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x * 1)  # a non-leaf input, as in a network
-    return len(seen)
+    return seen
 
 
-def test_the_published_block_keeps_two_maps_for_its_backward_pass():
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_the_published_block_keeps_two_maps_for_its_backward_pass(amp):
     """Its input and its gate: x^2 and x^4 of the map are recomputed in the backward pass, not kept
-    (autograd's own route kept both, four maps per block)."""
+    (autograd's own route kept both, four maps per block). Under mixed precision both stay in the
+    map's own dtype: no float32 copy of the map is kept for the statistics computed in float32."""
     block = SASEBlock(16).train()
-    assert saved_full_size_maps(block, torch.randn(4, 16, 8, 8, requires_grad=True)) == 2
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        x = x.to(amp or torch.float32)
+        kept = saved_full_size_maps(block, x)
+    assert sorted(kept.values(), key=str) == [x.dtype, x.dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_low_precision_map_is_kept_as_it_is_and_computed_in_float32(name, dtype):
+    """The statistics of a float16 or bfloat16 map are those of its float32 copy (x^4 of a float16 map
+    overflows at |x| > 16), yet the map is kept for the backward pass in its own dtype and its gradient
+    comes back in that dtype."""
+    fn, _ = CASES[name]
+    narrow = (rand(2, 3, 4, 5, requires_grad=False) * 30).to(dtype).requires_grad_()  # x^4 up to ~1e7: beyond float16
+    copy = narrow.detach().float().requires_grad_()
+    w = rand(2, 3, seed=1, requires_grad=False).float()
+    args, ref_args = ((narrow, w), (copy, w)) if name == "channel_fourth_sum" else ((narrow,), (copy,))
+    kept: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        got = fn(*args)
+    want = DEFINITIONS[name](copy, w)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    for g, v in zip(got, want):
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        torch.testing.assert_close(g, v, rtol=1e-5, atol=1e-3)
+    assert all(t.dtype != torch.float32 for t in kept if t.numel() >= narrow.numel()), "a float32 copy was kept"
+    weights = [rand(*t.shape, seed=2 + i, requires_grad=False).float() for i, t in enumerate(want)]
+    (grad,) = torch.autograd.grad(sum((g * r).sum() for g, r in zip(got, weights)), narrow)
+    (expected,) = torch.autograd.grad(sum((v * r).sum() for v, r in zip(want, weights)), copy)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(grad, expected.to(dtype))

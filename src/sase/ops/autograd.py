@@ -12,6 +12,12 @@ block's training step went from 1.28-1.31x to 1.20-1.26x plain ResNet-20 (docs/b
 Their backward passes are differentiable (out of place where the graph of a gradient keeps a buffer,
 as for the Hessian-vector products of the search); `Features` uses them only while autograd records
 an eager forward (`recording()`).
+
+Each takes the map in its own dtype and computes in float32 (`wide`), as all statistics are: a float16
+or bfloat16 map under mixed precision is kept for the backward pass as it is, and widened again there,
+instead of a float32 copy twice its size being kept (the published block's training memory under bf16
+autocast fell from 2.04x to 1.5x plain ResNet-50 on an H100, docs/gpu.md). Their gradients are
+returned in the map's dtype.
 """
 from __future__ import annotations
 
@@ -19,6 +25,11 @@ import math
 
 import torch
 from torch import Tensor
+
+
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32, or as it is when already float32 or float64 (a float64 model keeps its precision)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def weighted_channel_sum(values: Tensor, weights: Tensor | None) -> Tensor:
@@ -36,13 +47,14 @@ class FourthPower(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        x4 = x * x
+        x4 = wide(x) * wide(x)
         return x4.mul_(x4)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return (x * x).mul_(x).mul_(grad).mul_(4)  # one fresh buffer, three passes in place
+        (narrow,) = ctx.saved_tensors
+        x = wide(narrow)
+        return (x * x).mul_(x).mul_(grad).mul_(4).to(narrow.dtype)  # one fresh buffer, three passes in place
 
 
 class ChannelFourthSum(torch.autograd.Function):
@@ -57,12 +69,13 @@ class ChannelFourthSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, w)
-        x4 = x * x
+        x4 = wide(x) * wide(x)
         return weighted_channel_sum(x4.mul_(x4), w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        x, w = ctx.saved_tensors
+        narrow, w = ctx.saved_tensors
+        x = wide(narrow)
         grad4 = 4 * grad  # (B, 1, H, W): the factor 4 on the small tensor, not in a pass over the map
         building = torch.is_grad_enabled()  # a graph of this gradient is built: grad_w's keeps x3g
         x3g = x * x * x * grad4 if building else (x * x).mul_(x).mul_(grad4)
@@ -70,9 +83,9 @@ class ChannelFourthSum(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, grad_w
         if w is None:
-            return x3g, grad_w
+            return x3g.to(narrow.dtype), grad_w
         w = w.view(*w.shape, 1, 1)
-        return (x3g * w if building else x3g.mul_(w)), grad_w
+        return (x3g * w if building else x3g.mul_(w)).to(narrow.dtype), grad_w
 
 
 class ChannelSum(torch.autograd.Function):
@@ -81,12 +94,12 @@ class ChannelSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        ctx.shape = x.shape
-        return weighted_channel_sum(x, None)
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return weighted_channel_sum(wide(x), None)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return grad.expand(ctx.shape)
+        return grad.expand(ctx.shape).to(ctx.dtype)
 
 
 class MeanMax(torch.autograd.Function):
@@ -99,10 +112,11 @@ class MeanMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         n = math.prod([x.shape[d] for d in dims])
-        mean, m = x.sum(dims, keepdim=True) / n, x.amax(dims, keepdim=True)
+        # summed in float32 without a float32 copy of the map; the max is exact in any dtype
+        mean, m = x.sum(dims, keepdim=True, dtype=wide(x).dtype) / n, x.amax(dims, keepdim=True)
         ctx.save_for_backward(x, m)
         ctx.dims, ctx.n = dims, n
-        return mean, m
+        return mean, wide(m)
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor, grad_max: Tensor) -> tuple[Tensor, None]:
@@ -110,7 +124,7 @@ class MeanMax(torch.autograd.Function):
         top = x == m
         spread = grad_mean / ctx.n
         peak = grad_max / _count(top, ctx.dims, grad_max.dtype)
-        return torch.where(top, spread + peak, spread), None
+        return torch.where(top, spread + peak, spread).to(x.dtype), None
 
 
 def _count(mask: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax, weighted_channel_sum
+from .autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax, weighted_channel_sum, wide
 
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class Moments:
     def mean_and_max(self) -> tuple[Tensor, Tensor]:
         """(mean, max), read together by the gap_gmp squeezes: in training, one autograd node for both."""
         if recording():
-            return MeanMax.apply(self.features.x32, self.dims)
+            return MeanMax.apply(self.features.kept, self.dims)
         return self.mean, self.max
 
     @stat
@@ -210,6 +210,12 @@ class Features:
             return wide(self.base)
         return self.unscaled.x32 * wide(self.scale)
 
+    @property
+    def kept(self) -> Tensor:
+        """The map as the hand-written backward passes take it and keep it: the input itself, in its own dtype
+        (they widen it where they compute), or for a scaled map the product."""
+        return self.base if self.unscaled is None else self.x32
+
     # -- powers of the unscaled map, each written out once
     @lazy
     def x2(self) -> Tensor:
@@ -224,7 +230,7 @@ class Features:
         if "x2" in self.__dict__ or exporting():
             return self.x2 * self.x2
         if recording():
-            return FourthPower.apply(self.x32)
+            return FourthPower.apply(self.kept)
         # inference, nobody needs x^2: square it in place, one fresh full-size buffer instead of two
         x2 = self.x32 * self.x32
         return x2.mul_(x2)
@@ -258,7 +264,7 @@ class Features:
             weights = None if self.unscaled is None else _powers(wide(self.scale).flatten(1), k)
             if k == 4 and "x4" not in source.__dict__ and recording():
                 # in training, a map whose x^4 no other statistic has asked for: summed without keeping it
-                return ChannelFourthSum.apply(source.x32, weights)
+                return ChannelFourthSum.apply(source.kept, weights)
             return source.channel_sum(source.power(k), weights)
         if self.unscaled is not None:  # over (H, W) the scale is a per-channel constant
             return _powers(wide(self.scale), k) * self.unscaled.power_sum(dims, k)
@@ -291,11 +297,6 @@ def _powers(t: Tensor, k: int) -> Tensor:
         return t
     t2 = t * t
     return t2 if k == 2 else t2 * (t if k == 3 else t2)
-
-
-def wide(t: Tensor) -> Tensor:
-    """`t` in float32, or as it is when already float32 or float64 (a float64 model keeps its precision)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def exporting() -> bool:

@@ -121,16 +121,17 @@ def test_the_published_block_keeps_two_maps_for_its_backward_pass(amp):
     assert sorted(kept.values(), key=str) == [x.dtype, x.dtype]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_low_precision_map_is_kept_as_it_is_and_computed_in_float32(name, dtype):
+def test_a_low_precision_map_is_kept_as_it_is_and_computed_in_float32(name, dtype, device):
     """The statistics of a float16 or bfloat16 map are those of its float32 copy (x^4 of a float16 map
     overflows at |x| > 16), yet the map is kept for the backward pass in its own dtype and its gradient
     comes back in that dtype."""
     fn, _ = CASES[name]
-    narrow = (rand(2, 3, 4, 5, requires_grad=False) * 30).to(dtype).requires_grad_()  # x^4 up to ~1e7: beyond float16
+    narrow = (rand(2, 3, 4, 5, requires_grad=False, device=device) * 30).to(dtype).requires_grad_()  # x^4 ~1e7
     copy = narrow.detach().float().requires_grad_()
-    w = rand(2, 3, seed=1, requires_grad=False).float()
+    w = rand(2, 3, seed=1, requires_grad=False, device=device).float()
     args, ref_args = ((narrow, w), (copy, w)) if name == "channel_fourth_sum" else ((narrow,), (copy,))
     kept: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
@@ -141,7 +142,7 @@ def test_a_low_precision_map_is_kept_as_it_is_and_computed_in_float32(name, dtyp
         assert g.dtype == torch.float32 and torch.isfinite(g).all()
         torch.testing.assert_close(g, v, rtol=1e-5, atol=1e-3)
     assert all(t.dtype != torch.float32 for t in kept if t.numel() >= narrow.numel()), "a float32 copy was kept"
-    weights = [rand(*t.shape, seed=2 + i, requires_grad=False).float() for i, t in enumerate(want)]
+    weights = [rand(*t.shape, seed=2 + i, requires_grad=False, device=device).float() for i, t in enumerate(want)]
     (grad,) = torch.autograd.grad(sum((g * r).sum() for g, r in zip(got, weights)), narrow)
     (expected,) = torch.autograd.grad(sum((v * r).sum() for v, r in zip(want, weights)), copy)
     assert grad.dtype == dtype

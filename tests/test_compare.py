@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from dataclasses import replace
@@ -228,6 +229,18 @@ def test_report_pairs_by_seed_against_none_and_the_best_hand_designed(tmp_path):
     assert mine["mean"] == pytest.approx(statistics.fmean(a - b for a, b in zip(rows[4].top1, rows[2].top1)))
     with Image.open(tmp_path / "comparison.png") as image:
         assert image.size[0] > 200 and image.size[1] > 200
+
+
+def test_report_names_the_seeds_whose_outputs_overflowed(tmp_path):
+    rows = [Row("none", "none", [0.8, 0.8, 0.8], 1, 1, 1.0, 1.0, None, [0.5, 0.6, 0.7]),
+            Row("mine", "runs/s/genotype.json", [0.1, 0.5, 0.1], 1, 1, 1.0, 1.0, False, [math.nan, 1.2, math.inf])]
+    write_report(rows, TINY_CONFIG, [3, 4, 5], tmp_path)
+    text = (tmp_path / "comparison.md").read_text()
+    assert "mine (undecided): in eval mode the network's outputs were not finite on some test images with seed(s) " \
+        "3, 5 (" in text
+    assert text.count("outputs were not finite") == 1  # none's are
+    data = {r["label"]: r for r in json.loads((tmp_path / "comparison.json").read_text())}  # strict JSON: no NaN
+    assert data["mine"]["val_loss"] == [None, 1.2, None] and data["none"]["val_loss"] == [0.5, 0.6, 0.7]
 
 
 def test_random_baseline_end_to_end(tmp_path, capsys):

@@ -22,7 +22,7 @@ from sase import Genotype
 from sase.cli import main
 from sase.train import TrainConfig, Trainer, TrainingDiverged, count_flops, load_model, run_train
 from sase.train.config import PRESETS
-from sase.train.metrics import correct_top
+from sase.train.metrics import correct_top, evaluate, nonfinite_message
 from sase.train.recipe import WarmupCosine
 from sase.utils.checkpoint import load_checkpoint
 
@@ -270,6 +270,22 @@ def test_correct_top_and_flops_by_hand():
     assert correct_top(logits, torch.tensor([2, 0, 0]), (1, 2, 3)).tolist() == [1, 2, 3]
     conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
     assert count_flops(conv, 5) == 2 * (3 * 9 * 4 * 25 + 100 * 2)  # 2 FLOPs per multiply-add
+
+
+def test_evaluation_counts_overflowed_images_as_misses():
+    """Images whose logits are not finite are counted, and never counted as hits, whatever their ranking."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1e30, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        net[1].bias.zero_()
+    x = torch.tensor([[1e10, 0.0, 0.0], [1e10, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]).view(4, 3, 1, 1)
+    y = torch.tensor([0, 0, 1, 0])  # the first two would be hits by their (infinite) top logit
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    result = evaluate(net, loader, torch.device("cpu"))
+    assert (result.images, result.nonfinite) == (4, 2)
+    assert result.top1 == pytest.approx(0.5)  # images 3 (class 1 by 1.0 to 0) and 4 (a tie, ranked 0 first)
+    assert not math.isfinite(result.loss)
+    assert "not finite on 2 of 4 evaluation images" in nonfinite_message(result)
 
 
 def test_label_smoothing_changes_the_loss(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from ..data import build_dataset
 from ..train import TrainConfig, count_flops, count_parameters, evaluate, load_model
 from ..train.export import locate
+from ..train.metrics import nonfinite_message
 from ..train.plots import si
 from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "model_file": str(path), "model": spec.model, "attention": spec.attention, "genotype": spec.genotype,
         "dataset": dataset, "split": "val" if dataset == "imagefolder" else "test", "images": result.images,
         "image_size": image_size, "top1": result.top1, f"top{result.k}": result.topk, "loss": result.loss,
+        "nonfinite_images": result.nonfinite,
         "parameters": count_parameters(model), "flops": flops, "macs": flops // 2,
         "flops_note": "FlopCounterMode on one image: 2 FLOPs per multiply-add of convolutions and matrix products; "
                       "macs = flops / 2 (what papers call FLOPs for ResNets)",
@@ -75,4 +78,6 @@ def run(args: argparse.Namespace) -> int:
           f"{image_size}x{image_size}): top-1 {result.top1:.4f}, top-{result.k} {result.topk:.4f}, "
           f"loss {result.loss:.4f}")
     print(f"{report['parameters']:,} parameters; {si(flops // 2)} MACs ({si(flops)} FLOPs) per image; wrote {out}")
+    if result.nonfinite:
+        print(f"warning: {nonfinite_message(result)}", file=sys.stderr)
     return 0

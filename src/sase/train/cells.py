@@ -8,6 +8,7 @@ two one-thread runs side by side finish close to twice as fast as one run with t
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -155,7 +156,9 @@ def _train_in_parallel(configs: Sequence[TrainConfig], todo: Sequence[Cell], pen
                 i = futures[future]
                 summaries[i] = future.result()  # a cell's error (a diverged run, a bad file) ends the comparison here
                 bar.update()
-                _announce(i, todo, progress, f"top-1 {summaries[i]['top1']:.4f}, in")
+                _announce(i, todo, progress, f"top-1 {summaries[i]['top1']:.4f}"
+                          + ("" if math.isfinite(summaries[i]["loss"]) else " (outputs not finite on some test images)")
+                          + ", in")
         except BaseException:
             # cells not started stay untouched; a running one keeps its last checkpoint, resumed on the next call
             pool.shutdown(wait=False, cancel_futures=True)

@@ -21,11 +21,12 @@ them together (see sase.train.loop); rank 0 alone prints, times inference and wr
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -138,6 +139,7 @@ class Row:
     train_images_per_s: float  # mean over seeds of each run's training throughput
     infer_images_per_s: float  # eval-mode forward passes on one fixed batch
     decided: Optional[bool] = None  # the search's verdict on a searched genotype file; None where there is none
+    val_loss: list[float] = field(default_factory=list)  # final validation loss of each seed (not finite: overflow)
 
     @property
     def shown(self) -> str:
@@ -209,7 +211,14 @@ def _row(entry: Entry, summaries: Sequence[dict[str, Any]], folder: Path) -> Row
     return Row(entry.label, entry.attention, [s["top1"] for s in summaries], summaries[0]["parameters"],
                summaries[0]["macs"], statistics.fmean(s["train_images_per_s"] for s in summaries),
                inference_throughput(model, spec.image_size, INFER_BATCH, spec.in_chans, min_seconds=INFER_SECONDS),
-               search_verdict(entry.attention))
+               search_verdict(entry.attention), [s["loss"] for s in summaries])
+
+
+def overflow_note(row: Row, seeds: Sequence[int]) -> str:
+    bad = [str(seed) for seed, loss in zip(seeds, row.val_loss) if not math.isfinite(loss)]
+    return (f"{row.shown}: in eval mode the network's outputs were not finite on some test images with seed(s) "
+            f"{', '.join(bad)} (its activations overflowed; the validation loss is not finite, and those images "
+            "count as wrong).")
 
 
 def write_whole(path: Path, text: str) -> None:
@@ -276,6 +285,7 @@ def row_record(row: Row, refs: dict[str, Row]) -> dict[str, Any]:
     """One row of comparison.json: the row's fields, its top-1 statistics and its paired differences."""
     e = row.top1_estimate
     record = {**asdict(row), "mean": e.mean, "std": e.std, "ci": _interval(e), "level": e.level}
+    record["val_loss"] = [v if math.isfinite(v) else None for v in row.val_loss]  # JSON has no NaN: null, not finite
     for name, d in differences(row, refs).items():
         record["vs_" + re.sub(r"[^a-z]+", "_", name)] = None if d is None else {
             "reference": refs[name].label, "mean": d.mean, "std": d.std, "ci": _interval(d), "verdict": verdict(d)}
@@ -308,6 +318,7 @@ def write_report(rows: Sequence[Row], base: TrainConfig, seeds: Sequence[int], o
                      "compare.json), the random-search baseline.")
     if any(r.decided is False for r in rows):
         notes.append(UNDECIDED_NOTE)
+    notes += [overflow_note(r, seeds) for r in rows if not all(math.isfinite(v) for v in r.val_loss)]
     text = f"# Attention comparison\n\n{recipe}\n\n{markdown_table(rows)}\n\n" + "\n\n".join(notes) + "\n"
     (out / "comparison.md").write_text(text)
     refs = references(rows)

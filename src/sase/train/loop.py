@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -50,7 +51,7 @@ from ..utils.totals import LOG_EVERY, Totals
 from .config import TrainConfig
 from .export import CHECKPOINT, SAFETENSORS, ModelSpec, save_safetensors
 from .log import EpochLog, read_csv
-from .metrics import EvalResult, count_flops, count_parameters, evaluate, shard, top_k
+from .metrics import EvalResult, count_flops, count_parameters, evaluate, nonfinite_message, shard, top_k
 from .recipe import autocast, build_optimizer, build_scaler, build_scheduler, optimizer_step, resolve_device
 
 SUMMARY = "summary.json"
@@ -219,6 +220,8 @@ class Trainer:
                "images_per_s": round(t.get("seen", 0) / max(t.get("seconds", 0.0), 1e-9), 1)}
         if self.log is not None:
             self.log.write(row)
+        if val.nonfinite and self.world.main:
+            print(f"warning: {self.out}: epoch {epoch + 1}: {nonfinite_message(val)}", file=sys.stderr, flush=True)
         self.epoch, self.step, self.totals = epoch + 1, 0, self._totals()
         self._save()
         if self.progress:

@@ -30,10 +30,13 @@ def top_k(num_classes: int) -> int:
     return min(MAX_K, num_classes)
 
 
-def correct_top(logits: Tensor, labels: Tensor, ks: tuple[int, ...]) -> Tensor:
-    """How many of `labels` are among the top-k `logits`, for each k: a (len(ks),) tensor on their device."""
+def correct_top(logits: Tensor, labels: Tensor, ks: tuple[int, ...], valid: Tensor | None = None) -> Tensor:
+    """How many of `labels` are among the top-k `logits`, for each k: a (len(ks),) tensor on their device.
+    Rows where `valid` (B,) is False count as misses."""
     ranked = logits.topk(max(ks), dim=1).indices  # (B, max k)
     hits = (ranked == labels.unsqueeze(1)).cumsum(1).clamp_max(1)  # (B, max k): label within the first j + 1
+    if valid is not None:
+        hits = hits * valid.unsqueeze(1)
     return hits[:, [k - 1 for k in ks]].sum(0)
 
 
@@ -44,6 +47,14 @@ class EvalResult:
     topk: float  # top-k fraction in [0, 1]
     k: int
     images: int
+    nonfinite: int = 0  # images whose logits were not all finite (the activations overflowed); counted as wrong
+
+
+def nonfinite_message(result: EvalResult) -> str:
+    """What to tell a user whose evaluation met non-finite outputs."""
+    return (f"the network's outputs were not finite on {result.nonfinite} of {result.images} evaluation images: "
+            "its activations overflowed in eval mode (the BatchNorm running statistics, or a block that amplifies "
+            "its input); those images count as wrong and the validation loss is not finite")
 
 
 def shard(dataset: Dataset, rank: int, processes: int) -> Dataset:
@@ -66,7 +77,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
     model.eval()
     k = None
     totals = Totals(across_processes=across_processes)  # summed on the device, read once at the end
-    for name in ("loss", "top1", "topk"):
+    for name in ("loss", "top1", "topk", "nonfinite"):
         # started on every process, so that each reduces the same sums, even one whose shard is empty
         totals.add(name, torch.zeros((), device=device))
     totals.add("seen", 0)
@@ -77,16 +88,18 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
         logits = logits.float()
         k = k or top_k(logits.shape[1])
         totals.add("loss", F.cross_entropy(logits, y, reduction="sum"))
-        c1, ck = correct_top(logits, y, (1, k))
+        finite = torch.isfinite(logits).all(1)  # an overflowed image's ranking means nothing: a miss
+        c1, ck = correct_top(logits, y, (1, k), finite)
         totals.add("top1", c1)
         totals.add("topk", ck)
+        totals.add("nonfinite", (~finite).sum())
         totals.add("seen", len(y))
     model.train(was_training)
     t = totals.read()
     if not t.get("seen"):
         raise ValueError("the evaluation split holds no images")
     seen = int(t["seen"])
-    return EvalResult(t["loss"] / seen, t["top1"] / seen, t["topk"] / seen, k or 1, seen)
+    return EvalResult(t["loss"] / seen, t["top1"] / seen, t["topk"] / seen, k or 1, seen, int(t["nonfinite"]))
 
 
 def count_parameters(model: nn.Module) -> int:

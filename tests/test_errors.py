@@ -20,7 +20,8 @@ from sase.data import build_dataset
 from sase.train import TrainConfig, run_train
 
 TRAIN = ["--epochs", "1", "--batch-size", "16", "--steps-per-epoch", "2", "--image-size", "8", "--quiet"]
-SEARCH = ["--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "2", "--image-size", "8", "--quiet"]
+SEARCH = ["--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "2", "--image-size", "8", "--eval-images", "64",
+          "--quiet"]
 
 
 class Payload:

@@ -143,7 +143,7 @@ def test_sampled_search_end_to_end_and_resumed_mid_epoch(tmp_path, capsys):
     The draws come from the global generator, whose state the checkpoint keeps."""
     whole = tmp_path / "whole"
     args = ["search", "--sampling", "gumbel", "--epochs", "2", "--batch-size", "8",  # first order by default
-            "--steps-per-epoch", "3", "--image-size", "8", "--checkpoint-every", "1", "--quiet"]
+            "--steps-per-epoch", "3", "--image-size", "8", "--eval-images", "64", "--checkpoint-every", "1", "--quiet"]
     assert main([*args, "--out", str(whole)]) == 0
     assert "no indifference test" in capsys.readouterr().out
     assert [float(r["tau"]) for r in csv.DictReader((whole / "history.csv").open())] == [10.0, 0.1]

@@ -17,8 +17,10 @@ import torch.multiprocessing as mp
 from sase.search import Architect, Search, SearchConfig
 from sase.utils.checkpoint import load_checkpoint
 
-TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, checkpoint_every=2, device="cpu")
-CLI_TINY = ["--epochs", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--image-size", "8", "--quiet",
+TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, eval_images=64, checkpoint_every=2,
+                    device="cpu")
+CLI_TINY = ["--epochs", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--image-size", "8", "--eval-images", "64",
+            "--quiet",
             "--device", "cpu"]
 
 

@@ -23,9 +23,10 @@ from sase.search import Search, SearchConfig, SearchDiverged, run_search
 from sase.utils.checkpoint import load_checkpoint
 
 # a few steps of a small batch on 8x8 digits: seconds, not minutes
-TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, checkpoint_every=1)
+TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, eval_images=64, checkpoint_every=1)
 FILES = ["config.json", "genotype.json", "history.csv", "checkpoint.pt", "alpha_heatmap.png", "alpha_evolution.png"]
-CLI_TINY = ["--epochs", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--image-size", "8", "--quiet"]
+CLI_TINY = ["--epochs", "2", "--batch-size", "8", "--steps-per-epoch", "3", "--image-size", "8", "--eval-images", "64",
+            "--quiet"]
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
@@ -133,6 +134,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (state["epoch"], state["step"]) < (TINY.epochs, 0)
 
 
+def test_eval_images_caps_the_evaluation_and_the_recalibration(tmp_path):
+    """--eval-images takes that many images of each half (a seeded random subset), all of them when it is larger."""
+    seen = []
+    for cap in (20, None, 10_000):
+        search = Search(replace(TINY, eval_images=cap, out=str(tmp_path / str(cap))), progress=False)
+        evaluated = [i for x, _ in search._eval_loader() for i in range(len(x))]
+        seen.clear()
+        search.model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+        search.recalibrate_batchnorm()
+        assert len(evaluated) == (20 if cap == 20 else len(search.val_idx))
+        assert sum(seen) == (20 if cap == 20 else min(len(search.fit_idx), 1024))
+    assert len(search.val_idx) > 20 and len(search.fit_idx) > 20
+
+
 def test_warmup_keeps_alpha_frozen(tmp_path):
     search = Search(replace(TINY, epochs=2, warmup_epochs=1, out=str(tmp_path)), progress=False)
     before = search.model.alpha.detach().clone()
@@ -220,7 +235,7 @@ def test_mixed_precision_search_runs_resumes_and_keeps_alpha_float32(tmp_path, a
 def test_evaluation_recomputes_batchnorm_statistics_for_the_current_weights(tmp_path):
     """Running statistics that trail the weights (here: wrecked on purpose) must not reach the evaluation:
     before it, each BatchNorm's running mean becomes the mean of its batch means over the weights' half."""
-    search = Search(replace(TINY, out=str(tmp_path / "run")), progress=False)
+    search = Search(replace(TINY, eval_images=None, out=str(tmp_path / "run")), progress=False)  # every image
     stem_bn = search.model.net.bn1
     for module in search.model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -76,7 +76,7 @@ def test_empty_is_an_error():
 def test_cli_seeds_end_to_end(tmp_path, capsys):
     out = tmp_path / "seeds"
     args = ["search", "--seeds", "0,1", "--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "2",
-            "--image-size", "8", "--order", "1", "--quiet", "--out", str(out)]
+            "--image-size", "8", "--eval-images", "64", "--order", "1", "--quiet", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "stability.json").read_text())

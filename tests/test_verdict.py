@@ -18,7 +18,8 @@ from sase.search.config import REFERENCE_ALPHA_STEPS, REFERENCE_ARCH_LR
 from sase.search.evidence import saved_evidence
 from sase.utils.checkpoint import load_checkpoint
 
-TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, checkpoint_every=1, order="1")
+TINY = SearchConfig(epochs=2, batch_size=8, steps_per_epoch=3, image_size=8, eval_images=64, checkpoint_every=1,
+                    order="1")
 
 
 def logits_for(probs: list[float]) -> list[float]:

@@ -53,6 +53,9 @@ FLAGS = {
                       "so candidates with larger gradients move faster instead of in lockstep)",
     "warmup_epochs": "epochs that train the weights with α frozen",
     "steps_per_epoch": "cap on steps per epoch",
+    "eval_images": "cap on the images of the α half evaluated at each epoch end, and on those of the weights' "
+                   "half that recalibrate BatchNorm before it (default: all of the α half, up to 1,024 for "
+                   "BatchNorm); for quick trials: the search itself does not depend on it",
     "decided_margin": "an edge is decided when its top candidate leads the runner-up by this much probability "
                       "(default 0.1)",
     "select": "how the genotype is derived: argmax of α (DARTS) or perturbation (DARTS-PT, Wang et al., ICLR "

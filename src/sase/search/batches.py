@@ -49,10 +49,17 @@ class SearchBatches:
         statistics, is fine. The same fixed images of the weights' half on every process, unaugmented.
         """
         with full_mixture(self.model):  # the statistics of the network that is evaluated, not of samples of it
-            update_bn(self._loader(self.fit_idx[:RECALIBRATION_IMAGES]), self.model, self.device)
+            update_bn(self._loader(self.fit_idx[:self._evaluated(RECALIBRATION_IMAGES)]), self.model, self.device)
 
     def _eval_loader(self) -> DataLoader:
-        return self._loader(self.val_idx[self.world.rank::self.world.size])  # each image on one process
+        evaluated = self.val_idx[:self._evaluated(len(self.val_idx))]
+        return self._loader(evaluated[self.world.rank::self.world.size])  # each image on one process
+
+    def _evaluated(self, images: int) -> int:
+        """`images`, or fewer under --eval-images (the halves are seeded permutations: their first images are a
+        random subset)."""
+        cap = self.config.eval_images
+        return images if cap is None else min(images, cap)
 
     def _loader(self, indices: list[int]) -> DataLoader:
         # no gradients are kept, so a large batch costs little memory and saves the supernet's per-call

@@ -36,7 +36,7 @@ class SearchConfig(RunConfig):
         "arch_lr": Range(0, low_open=True), "arch_beta1": Range(0, 1, high_open=True),
         "arch_beta2": Range(0, 1, high_open=True), "arch_weight_decay": Range(0),
         "warmup_epochs": Range(0, "epochs", high_open=True, why="α needs at least one epoch to move"),
-        "steps_per_epoch": Range(1), "decided_margin": Range(0, 1, low_open=True), "beta_decay": Range(0),
+        "steps_per_epoch": Range(1), "eval_images": Range(1), "decided_margin": Range(0, 1, low_open=True), "beta_decay": Range(0),
         "checkpoint_every": Range(1), "workers": Range(0),
         "tau_max": Range(0, low_open=True), "tau_min": Range(0, "tau_max", low_open=True),
     }
@@ -66,6 +66,7 @@ class SearchConfig(RunConfig):
     arch_weight_decay: float = 1e-3
     warmup_epochs: int = 0  # epochs that train w only, α frozen
     steps_per_epoch: int | None = None  # cap on steps per epoch (None: the whole split)
+    eval_images: int | None = None  # cap on the images of each epoch-end evaluation (None: the α half, all of it)
     decided_margin: float = DECIDED_MARGIN  # an edge is decided when its top candidate leads by this probability
     select: str = "argmax"  # argmax (DARTS) | perturbation (DARTS-PT, Wang et al., ICLR 2021)
     sampling: str = "none"  # none: every candidate on every edge (DARTS) | gumbel: one drawn per edge (GDAS)

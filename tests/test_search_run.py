@@ -89,7 +89,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 def test_killed_with_sigkill_and_resumed_equals_uninterrupted(tmp_path):
     epochs, steps = 2, 6  # 10 steps and two evaluations after the kill point: the kill lands mid-run
     args = ["search", "--epochs", str(epochs), "--batch-size", "8", "--steps-per-epoch", str(steps), "--image-size",
-            "8", "--checkpoint-every", "1", "--order", "1", "--seed", "3", "--quiet"]
+            "8", "--eval-images", "64", "--checkpoint-every", "1", "--order", "1", "--seed", "3", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     cut = tmp_path / "cut"

@@ -7,9 +7,12 @@ convention, and for what it keeps for the backward pass.
 """
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sase import SASEBlock
 from sase.ops.autograd import ChannelFourthSum, ChannelSum, FourthPower, MeanMax
@@ -119,6 +122,46 @@ def test_the_published_block_keeps_two_maps_for_its_backward_pass(amp):
         x = x.to(amp or torch.float32)
         kept = saved_full_size_maps(block, x)
     assert sorted(kept.values(), key=str) == [x.dtype, x.dtype]
+
+
+class PeakBytes(TorchDispatchMode):
+    """The most bytes of tensors made inside it that were alive at once (each storage counted once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            key = t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
+            if key is None or key in self.storages:
+                continue
+            size = t.untyped_storage().nbytes()
+            self.storages.add(key)
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._free, key, size)
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self.storages.discard(key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_published_block_in_inference_holds_at_most_three_maps_of_its_input_s_size(dtype):
+    """x^4 (float32) and the output: a bfloat16 map's float32 copy is not kept beside its x^4 (which made five
+    maps' worth of bytes); a float32 map writes its output into the buffer of x^4 (two)."""
+    block = SASEBlock(64).eval()
+    x = torch.randn(2, 64, 16, 16).to(dtype)  # 64 channels: the (B, 1, H, W) descriptors are small beside the map
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        counter = PeakBytes()
+        with counter:
+            block(x)
+    maps = counter.peak / (x.numel() * x.element_size())
+    assert maps <= (3.25 if dtype == torch.bfloat16 else 2.25), maps
 
 
 @pytest.mark.parametrize("device", DEVICES)

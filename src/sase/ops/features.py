@@ -94,7 +94,10 @@ class Moments:
 
     @stat
     def max(self) -> Tensor:
-        return self.features.x32.amax(self.dims, keepdim=True)
+        features = self.features
+        if features.narrow:
+            return wide(features.base.amax(self.dims, keepdim=True))  # exact in any dtype
+        return features.x32.amax(self.dims, keepdim=True)
 
     @stat
     def mean_and_max(self) -> tuple[Tensor, Tensor]:
@@ -135,7 +138,8 @@ class Moments:
         if features.unscaled is not None and self.dims == (2, 3):
             # over (H, W) the scale is a constant per channel: s x - s m = s (x - m)
             return wide(features.scale) * features.unscaled.hw.centred
-        return features.x32 - self.mean
+        # a narrow map minus its float32 mean is float32 (type promotion) without a float32 copy of the map
+        return (features.base if features.narrow else features.x32) - self.mean
 
     @stat
     def centred_sq(self) -> Tensor:
@@ -211,6 +215,13 @@ class Features:
         return self.unscaled.x32 * wide(self.scale)
 
     @property
+    def narrow(self) -> bool:
+        """An unscaled float16 or bfloat16 map (under autocast): its statistics are float32, yet a float32 copy of
+        it would be twice its size, so those that can read the map as it is do (sums with a float32 accumulator,
+        the max), instead of one copy being kept while they run (when exporting, every statistic reads `x32`)."""
+        return self.unscaled is None and self.base.dtype in (torch.float16, torch.bfloat16) and not exporting()
+
+    @property
     def kept(self) -> Tensor:
         """The map as the hand-written backward passes take it and keep it: the input itself, in its own dtype
         (they widen it where they compute), or for a scaled map the product."""
@@ -232,7 +243,10 @@ class Features:
         if recording():
             return FourthPower.apply(self.kept)
         # inference, nobody needs x^2: square it in place, one fresh full-size buffer instead of two
-        x2 = self.x32 * self.x32
+        if self.narrow and "x32" not in self.__dict__:
+            x2 = self.base.float().square_()  # a fresh float32 copy, squared in place
+        else:
+            x2 = self.x32 * self.x32
         return x2.mul_(x2)
 
     def power(self, k: int) -> Tensor:
@@ -259,6 +273,8 @@ class Features:
         return self._sums[key]
 
     def _power_sum(self, dims: tuple[int, ...], k: int) -> Tensor:
+        if k == 1 and self.narrow:
+            return self.base.sum(dims, keepdim=True, dtype=torch.float32)
         source = self.unscaled or self
         if dims == (1,):
             weights = None if self.unscaled is None else _powers(wide(self.scale).flatten(1), k)

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .ops import Features
-from .ops.features import exporting, no_autocast
+from .ops.autograd import Gated
+from .ops.features import exporting, no_autocast, recording
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Cell(nn.Module):
         # Y = s0 * (1 + (s2 + s5) / 2): the (B, C, 1, 1) and (B, 1, H, W) halves meet in one full-size pass
         dtype = x.dtype
         channel, spatial = 1 + 0.5 * s2.to(dtype), 0.5 * s5.to(dtype)
+        if recording():
+            return Gated.apply(x, channel, spatial)  # keeps x, not the full-size gate, for the backward pass
         if torch.is_grad_enabled() or exporting():
             return x * (channel + spatial)
         # inference: build the gate in a buffer the statistics are done with, then scale it in place

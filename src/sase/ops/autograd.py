@@ -7,7 +7,9 @@ channels as a matmul whose gradient is written out in full, and the mean and the
 each landing on the map as its own full-size gradient (the max's after a float copy of its mask),
 then added. The functions below give the same values and gradients (autograd's own, ties of a
 maximum included) from fewer passes, and keep only the map itself for the backward pass: the
-block's training step went from 1.28-1.31x to 1.20-1.26x plain ResNet-20 (docs/bench.md).
+block's training step went from 1.28-1.31x to 1.20-1.26x plain ResNet-20 (docs/bench.md). `Gated`, the
+cell's output x * (channel + spatial), adds the full-size gate again in its backward pass instead of
+keeping it: the block keeps its input alone, as an SE block does.
 
 Their backward passes are differentiable (out of place where the graph of a gradient keeps a buffer,
 as for the Hessian-vector products of the search); `Features` uses them only while autograd records
@@ -131,3 +133,34 @@ def _count(mask: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """How many entries of a bool map are true along `dims` (kept), summed as bytes: a third faster on a
     CPU than summed as bools."""
     return mask.view(torch.uint8).sum(dims, keepdim=True, dtype=dtype)
+
+
+class Gated(torch.autograd.Function):
+    """x * (channel + spatial) for x (B, C, H, W), channel (B, C, 1, 1) and spatial (B, 1, H, W): the cell's
+    output, keeping x and the two small factors for the backward pass instead of x and the full-size gate
+    (the gate is added again there, one pass over the map: the block then keeps one map, as an SE block does).
+
+    d/dx = g (channel + spatial); d/dchannel = sum over (H, W) of g x; d/dspatial = sum over C of g x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, channel: Tensor, spatial: Tensor) -> Tensor:
+        ctx.save_for_backward(x, channel, spatial)
+        return x * (channel + spatial)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, channel, spatial = ctx.saved_tensors
+        building = torch.is_grad_enabled()  # a graph of this gradient is built (the search's second order)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gate = channel + spatial
+            grad_x = gate * grad if building else gate.mul_(grad)
+        grad_channel = grad_spatial = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gx = grad * x
+            if ctx.needs_input_grad[1]:
+                grad_channel = gx.sum((2, 3), keepdim=True)
+            if ctx.needs_input_grad[2]:
+                grad_spatial = weighted_channel_sum(gx, None)
+        return grad_x, grad_channel, grad_spatial

@@ -29,9 +29,14 @@ import torch
 from torch import Tensor
 
 
+def wide_dtype(t: Tensor) -> torch.dtype:
+    """The dtype statistics of `t` are computed in: float32, or float64 for a float64 model (it keeps its precision)."""
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def wide(t: Tensor) -> Tensor:
-    """`t` in float32, or as it is when already float32 or float64 (a float64 model keeps its precision)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    """`t` in `wide_dtype(t)`: itself when it is already there, else a float32 copy."""
+    return t.to(wide_dtype(t))
 
 
 def weighted_channel_sum(values: Tensor, weights: Tensor | None) -> Tensor:
@@ -49,7 +54,8 @@ class FourthPower(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        x4 = wide(x) * wide(x)
+        xw = wide(x)  # one float32 copy of a narrow map, not two
+        x4 = xw * xw
         return x4.mul_(x4)
 
     @staticmethod
@@ -71,7 +77,8 @@ class ChannelFourthSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, w)
-        x4 = wide(x) * wide(x)
+        xw = wide(x)
+        x4 = xw * xw
         return weighted_channel_sum(x4.mul_(x4), w)
 
     @staticmethod
@@ -115,7 +122,7 @@ class MeanMax(torch.autograd.Function):
     def forward(ctx, x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         n = math.prod([x.shape[d] for d in dims])
         # summed in float32 without a float32 copy of the map; the max is exact in any dtype
-        mean, m = x.sum(dims, keepdim=True, dtype=wide(x).dtype) / n, x.amax(dims, keepdim=True)
+        mean, m = x.sum(dims, keepdim=True, dtype=wide_dtype(x)) / n, x.amax(dims, keepdim=True)
         ctx.save_for_backward(x, m)
         ctx.dims, ctx.n = dims, n
         return mean, wide(m)

@@ -216,9 +216,8 @@ class Features:
 
     @property
     def narrow(self) -> bool:
-        """An unscaled float16 or bfloat16 map (under autocast): its statistics are float32, yet a float32 copy of
-        it would be twice its size, so those that can read the map as it is do (sums with a float32 accumulator,
-        the max), instead of one copy being kept while they run (when exporting, every statistic reads `x32`)."""
+        """An unscaled float16/bfloat16 map: statistics that can read it as it is do (float32-accumulated sums, the
+        max) rather than keep a float32 copy twice its size (when exporting, every statistic reads `x32`)."""
         return self.unscaled is None and self.base.dtype in (torch.float16, torch.bfloat16) and not exporting()
 
     @property

@@ -36,8 +36,8 @@ class SearchConfig(RunConfig):
         "arch_lr": Range(0, low_open=True), "arch_beta1": Range(0, 1, high_open=True),
         "arch_beta2": Range(0, 1, high_open=True), "arch_weight_decay": Range(0),
         "warmup_epochs": Range(0, "epochs", high_open=True, why="α needs at least one epoch to move"),
-        "steps_per_epoch": Range(1), "eval_images": Range(1), "decided_margin": Range(0, 1, low_open=True), "beta_decay": Range(0),
-        "checkpoint_every": Range(1), "workers": Range(0),
+        "steps_per_epoch": Range(1), "eval_images": Range(1), "decided_margin": Range(0, 1, low_open=True),
+        "beta_decay": Range(0), "checkpoint_every": Range(1), "workers": Range(0),
         "tau_max": Range(0, low_open=True), "tau_min": Range(0, "tau_max", low_open=True),
     }
 

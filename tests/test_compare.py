@@ -245,7 +245,8 @@ def test_report_names_the_seeds_whose_outputs_overflowed(tmp_path):
 
 def test_random_baseline_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", *TINY, "--attentions", "random:2", "--seeds", "0", "--random-seed", "3", "--out", str(out)]
+    args = ["compare", *TINY, "--attentions", "random:2", "--seeds", "0", "--random-seed", "3", "--jobs", "1",
+            "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "comparing random-1, random-2 on" in printed
@@ -289,8 +290,9 @@ def test_random_baseline_end_to_end(tmp_path, capsys):
 
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     out = tmp_path / "pipe"
-    args = ["pipeline", "--search-epochs", "1", "--search-steps", "2", "--epochs", "1", "--seeds", "0",
-            "--steps-per-epoch", "2", "--batch-size", "8", "--image-size", "8", "--quiet", "--out", str(out)]
+    # one cell at a time (two at a time is tested with compare): no worker processes to start
+    args = ["pipeline", "--search-epochs", "1", "--search-steps", "2", "--epochs", "1", "--seeds", "0", "--jobs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "32", "--image-size", "8", "--quiet", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     genotype = Genotype.from_json(out / "search" / "genotype.json")

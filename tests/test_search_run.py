@@ -183,7 +183,7 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
-    run_search(replace(TINY, epochs=1, out=str(tmp_path)), progress=False)
+    run_search(replace(TINY, epochs=1, steps_per_epoch=1, order="1", out=str(tmp_path)), progress=False)  # a short run
     assert main(["search", *CLI_TINY, "--out", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -286,9 +286,10 @@ def test_a_step_that_cannot_be_recorded_as_a_cuda_graph_is_one_clear_error(monke
 def test_a_search_whose_recording_fails_warns_once_and_goes_on_eagerly(tmp_path, monkeypatch, capsys):
     """The step is recorded again every epoch; one failed recording must not end a long search."""
     from sase.search import graphs
-    eager = run_search(replace(TINY, epochs=1, out=str(tmp_path / "eager")), progress=False)
+    quick = replace(TINY, epochs=1, order="1")
+    eager = run_search(replace(quick, out=str(tmp_path / "eager")), progress=False)
     refuse_recordings(monkeypatch)
-    search = Search(replace(TINY, epochs=1, out=str(tmp_path / "graphed")), progress=False)
+    search = Search(replace(quick, out=str(tmp_path / "graphed")), progress=False)
     search.graphed = graphs.GraphedStep(warmup=0)  # as on one GPU, where it records at the first step
     assert search.run().genotype == eager.genotype
     err = capsys.readouterr().err

@@ -274,9 +274,12 @@ def mtimes(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/checkpoint.pt"))}
 
 
-def test_compare_in_shards_then_one_call_tables_them(tmp_path, capsys):
+def test_compare_in_shards_then_one_call_tables_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sase.train.compare.INFER_SECONDS", 0.0)  # a few timed passes per row, not a second
     out = tmp_path / "cmp"
-    args = ["compare", *CLI_TINY, "--epochs", "1", "--attentions", "none,se,eca", "--seeds", "0", "--out", str(out)]
+    # --jobs 1: this process trains its shard's cells itself (worker processes are tested with compare)
+    args = ["compare", *CLI_TINY, "--epochs", "1", "--attentions", "none,se,eca", "--seeds", "0", "--jobs", "1",
+            "--out", str(out)]
     assert main([*args, "--shard", "1/2"]) == 0  # cells 0 and 2 of the table
     printed = capsys.readouterr().out
     assert "shard 1/2: finished none-seed0, eca-seed0 (2 of 3 cells)" in printed and "without --shard" in printed

@@ -212,3 +212,15 @@ def test_every_numeric_setting_has_a_range():
         assert numeric == set(config.RANGES), config.__name__
     with pytest.raises(ValueError, match=r"warmup_epochs must be in \[0, epochs=2\], got 3"):
         replace(TrainConfig(epochs=2), warmup_epochs=3)
+
+
+def test_version_names_sase_and_what_it_runs_on(capsys):
+    import timm
+    import torchvision
+
+    import sase
+    assert main(["--version"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"sase {sase.__version__} (Python ")
+    for name, module in (("torch", torch), ("torchvision", torchvision), ("timm", timm)):
+        assert f"{name} {module.__version__}" in line

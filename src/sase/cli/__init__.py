@@ -42,6 +42,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sase", description="Search and use SASE attention blocks for CNNs.")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="store_true",
+                        help="print the version of sase and of what it runs on (for bug reports), and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers are Parsers too
     for name, module in COMMANDS.items():
         module.add_parser(sub)
@@ -49,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS: unset here, the top-level --debug stands (a subparser default would overwrite it)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def versions() -> str:
+    """sase's version, then those of Python, torch (and its CUDA build), torchvision and timm: one line."""
+    import platform
+
+    import timm
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+    return (f"sase {__version__} (Python {platform.python_version()}, torch {torch.__version__} ({cuda}), "
+            f"torchvision {torchvision.__version__}, timm {timm.__version__})")
 
 
 def debugging(args: argparse.Namespace | None = None) -> bool:
@@ -74,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
+    if args.version:
+        print(versions())
+        return 0
     if args.command is None:
         parser.print_help()
         return 0

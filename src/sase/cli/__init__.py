@@ -17,12 +17,12 @@ from typing import NoReturn, Sequence
 
 from ..search.graphs import GraphRecordingError
 from ..utils.distributed import leave, world
-from . import bench, compare, demo, detect, export, pipeline, search
+from . import bench, compare, demo, detect, export, maps, pipeline, search
 from . import eval as eval_
 from . import train
 
 COMMANDS = {"search": search, "train": train, "eval": eval_, "compare": compare, "pipeline": pipeline, "demo": demo,
-            "detect": detect, "export": export, "bench": bench}
+            "detect": detect, "export": export, "bench": bench, "maps": maps}
 # bad input from the user: settings and files (ValueError), files and folders the system refuses (OSError)
 USER_ERRORS = (ValueError, OSError, GraphRecordingError)
 DEBUG_HELP = "show the traceback of an error (also: SASE_DEBUG=1)"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from ..data import build_dataset
-from ..train import TrainConfig, count_flops, count_parameters, evaluate, load_model
+from ..data import DataSpec, build_dataset
+from ..train import ModelSpec, TrainConfig, count_flops, count_parameters, evaluate, load_model
 from ..train.export import locate
 from ..train.metrics import nonfinite_message
 from ..train.plots import si
@@ -49,15 +51,37 @@ def _training_data_root(path: Path, dataset: str) -> str | None:
     return config.data if config.dataset == dataset else None
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Evaluated:
+    """A trained model and the split it is evaluated on, as `sase eval` and `sase maps` read them from their flags."""
+
+    path: Path  # the model file
+    model: nn.Module
+    spec: ModelSpec
+    dataset: str
+    image_size: int
+    split: Dataset
+    data_spec: DataSpec
+
+
+def model_and_split(args: argparse.Namespace) -> Evaluated:
+    """The model file of `args.model`, rebuilt, and the test / validation split of `args.dataset` (default: the
+    model's own) at `args.image_size` (default: the training size), checked to have the model's classes."""
     path = locate(args.model)
     model, spec = load_model(path)
     dataset = args.dataset or spec.dataset
     data = args.data if args.data is not None else _training_data_root(path, dataset)
     image_size = args.image_size or spec.image_size
-    val_set, data_spec = build_dataset(dataset, data, train=False, image_size=image_size)
+    split, data_spec = build_dataset(dataset, data, train=False, image_size=image_size)
     if data_spec.num_classes != spec.num_classes:
         raise ValueError(f"{path} classifies {spec.num_classes} classes but {dataset} has {data_spec.num_classes}")
+    return Evaluated(path, model, spec, dataset, image_size, split, data_spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = model_and_split(args)
+    path, model, spec, dataset, image_size = loaded.path, loaded.model, loaded.spec, loaded.dataset, loaded.image_size
+    val_set = loaded.split
     device = resolve_device(args.device)
     model.to(device)
     loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)

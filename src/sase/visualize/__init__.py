@@ -1,0 +1,109 @@
+"""Where SASE blocks look: the spatial attention of every block of a trained network, captured and drawn.
+
+Each SASE block scales its input X by 1 + (s2 + s5) / 2 (Wang et al., 2024): s2 (B, C, 1, 1) is the channel
+attention, s5 (B, 1, H, W) the spatial attention, the output of the spatial excitation edge (a sigmoid:
+in (0, 1)). `attention_maps` runs a network on a batch and keeps both of every block, read by forward
+hooks on the two edges, so the network itself is not changed; `plot_attention_maps` draws each image
+with the spatial attention of every block over it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cell import EDGE_NAMES, Cell
+
+CHANNEL_EDGE = EDGE_NAMES.index("channel_excitation")  # s2
+SPATIAL_EDGE = EDGE_NAMES.index("spatial_excitation")  # s5
+
+
+@dataclass(frozen=True)
+class BlockMaps:
+    """The attention of one SASE block on a batch."""
+
+    name: str  # the block's module name in the network, e.g. "layer1.0.attn"
+    channel: Tensor  # s2, (B, C): the channel attention
+    spatial: Tensor  # s5, (B, 1, H, W) at the block's resolution, in (0, 1)
+
+
+def sase_blocks(model: nn.Module) -> list[tuple[str, Cell]]:
+    """The SASE cells of a network with their module names, in forward order; none: a one-line error."""
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, Cell)]
+    if not blocks:
+        raise ValueError("the network has no SASE block, so no spatial attention to show: train it with "
+                         "--attention paper, sase or a genotype (SE, ECA and the other modules of the zoo "
+                         "attend over channels only, or have no map of this kind)")
+    return blocks
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, images: Tensor) -> tuple[list[BlockMaps], Tensor]:
+    """Every SASE block's channel and spatial attention on `images` (eval mode), and the network's logits."""
+    blocks = sase_blocks(model)
+    seen: dict[tuple[str, int], Tensor] = {}
+
+    def keep(name: str, edge: int):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            seen[(name, edge)] = output.detach().float().clone()  # clone: nothing downstream may write into it
+        return hook
+
+    handles = [cell.edges[edge].register_forward_hook(keep(name, edge))
+               for name, cell in blocks for edge in (CHANNEL_EDGE, SPATIAL_EDGE)]
+    was_training = model.training
+    try:
+        model.eval()
+        logits = model(images)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    maps = [BlockMaps(name, seen[(name, CHANNEL_EDGE)].flatten(1), seen[(name, SPATIAL_EDGE)]) for name, _ in blocks]
+    return maps, logits
+
+
+def displayable(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised (B, 3, H, W) images back to (B, H, W, 3) in [0, 1], for drawing."""
+    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images.cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def plot_attention_maps(pictures: Tensor, maps: list[BlockMaps], titles: Sequence[str], path: Path) -> None:
+    """One row per image: the image, then the spatial attention of each block upsampled over it.
+
+    `pictures` (B, H, W, 3) in [0, 1] (`displayable`). Every map shares one colour scale, 0 to 1, so blocks
+    and images compare: a block that attends everywhere alike shows one flat colour.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, size = pictures.shape[0], pictures.shape[1:3]
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.5 * cols, 1.6 * n + 0.6), squeeze=False, layout="constrained")
+    grey = pictures.mean(-1)
+    for i in range(n):
+        axes[i, 0].imshow(pictures[i].numpy())
+        axes[i, 0].set_title(titles[i], fontsize=7)
+        for j, block in enumerate(maps, start=1):
+            up = F.interpolate(block.spatial[i:i + 1].cpu(), size=tuple(size), mode="bilinear", align_corners=False)
+            axes[i, j].imshow(grey[i].numpy(), cmap="gray")
+            im = axes[i, j].imshow(up[0, 0].numpy(), cmap="inferno", vmin=0, vmax=1, alpha=0.65)
+            if i == 0:
+                axes[i, j].set_title(block.name.removesuffix(".attn"), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="spatial attention s5")
+    fig.suptitle("spatial attention of each SASE block (input scaled by 1 + (s2 + s5) / 2)", fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["BlockMaps", "attention_maps", "displayable", "plot_attention_maps", "sase_blocks"]

@@ -1,0 +1,91 @@
+"""`sase maps` and `sase.visualize`: the spatial attention of every SASE block, captured and drawn."""
+from __future__ import annotations
+
+import matplotlib.image
+import pytest
+import torch
+
+from sase import create_model
+from sase.cell import Cell
+from sase.cli import main
+from sase.visualize import attention_maps
+
+TINY = ["--epochs", "1", "--batch-size", "16", "--steps-per-epoch", "2", "--image-size", "8", "--quiet"]
+
+
+def test_the_maps_are_what_each_block_multiplies_its_input_by():
+    """Y = X (1 + (s2 + s5) / 2) (Wang et al., 2024), checked with the block's own input and output."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", attention="paper", num_classes=10).train()
+    for m in model.modules():  # the residual branches start at zero (zero-initialised last BatchNorm): open them
+        if isinstance(m, torch.nn.BatchNorm2d) and m.affine:
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    x = torch.randn(3, 3, 12, 10)
+    seen: dict[str, tuple] = {}
+    cells = [(name, m) for name, m in model.named_modules() if isinstance(m, Cell)]
+    with torch.no_grad():  # and the blocks' own start (a flat spatial map at initialisation): random weights
+        for _, cell in cells:
+            for p in cell.parameters():
+                p.normal_(std=0.5)
+    for name, cell in cells:
+        cell.register_forward_hook(lambda m, inputs, out, name=name: seen.__setitem__(name, (inputs[0], out)))
+    maps, logits = attention_maps(model, x)
+    assert [m.name for m in maps] == [name for name, _ in cells] and maps[0].name == "layer1.0.attn"
+    for block in maps:
+        x_in, y = seen[block.name]
+        b, c, h, w = x_in.shape
+        assert block.channel.shape == (b, c) and block.spatial.shape == (b, 1, h, w)
+        assert 0 < float(block.spatial.min()) and float(block.spatial.max()) < 1  # a sigmoid
+        gate = 1 + (block.channel.view(b, c, 1, 1) + block.spatial) / 2
+        torch.testing.assert_close(y, x_in * gate)
+    assert sum(float(m.spatial.std()) > 0.01 for m in maps) >= len(maps) // 2  # maps, not constants: a real check
+    assert model.training  # put back as it was, without the hooks of the capture
+    assert all(not cell.edges[e]._forward_hooks for _, cell in cells for e in range(6))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.eval()(x))
+
+
+@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+def test_a_network_without_sase_blocks_is_refused(attention):
+    with pytest.raises(ValueError, match="no SASE block"):
+        attention_maps(create_model("resnet20", attention=attention), torch.randn(1, 3, 8, 8))
+
+
+def test_maps_of_a_trained_run_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--attention", "paper", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["maps", str(run), "--images", "3", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20 + paper: spatial attention of 9 SASE blocks on 3 digits test images (seed 1)" in printed
+    figure = matplotlib.image.imread(run / "attention_maps.png")
+    assert figure.shape[0] > 100 and figure.shape[1] > figure.shape[0]  # three rows of ten panels
+    assert figure[..., :3].std() > 0.05  # drawn, not blank
+
+    out = tmp_path / "elsewhere.png"
+    assert main(["maps", str(run / "model.safetensors"), "--images", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--images", "65"], "--images 65: at most 64"),
+    (["--images", "0"], "argument --images: must be at least 1"),
+    (["--out", "maps.jpg"], "the figure is written as PNG"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--steps-per-epoch", "1", "--attention", "paper", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["maps", str(run), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sase maps: error:") and message in err[0], err
+
+
+def test_a_run_without_sase_blocks_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--steps-per-epoch", "1", "--attention", "se", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["maps", str(run)]) == 2
+    assert "sase maps: error: the network has no SASE block" in capsys.readouterr().err
+    assert not (run / "attention_maps.png").exists()

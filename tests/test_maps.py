@@ -1,6 +1,8 @@
 """`sase maps` and `sase.visualize`: the spatial attention of every SASE block, captured and drawn."""
 from __future__ import annotations
 
+import json
+
 import matplotlib.image
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from sase import create_model
 from sase.cell import Cell
 from sase.cli import main
-from sase.visualize import attention_maps
+from sase.visualize import attention_maps, box_masks, digit_contrast
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--steps-per-epoch", "2", "--image-size", "8", "--quiet"]
 
@@ -89,3 +91,54 @@ def test_a_run_without_sase_blocks_is_one_line(tmp_path, capsys):
     assert main(["maps", str(run)]) == 2
     assert "sase maps: error: the network has no SASE block" in capsys.readouterr().err
     assert not (run / "attention_maps.png").exists()
+
+
+def test_box_masks_mark_each_box():
+    corners = torch.tensor([[0, 0], [2, 1], [3, 3]])
+    masks = box_masks(corners, side=2, size=5)
+    assert masks.shape == (3, 1, 5, 5) and masks.dtype == torch.bool
+    for mask, (top, left) in zip(masks[:, 0], corners.tolist()):
+        want = torch.zeros(5, 5, dtype=torch.bool)
+        for r in range(top, top + 2):
+            for c in range(left, left + 2):
+                want[r, c] = True
+        assert torch.equal(mask, want)
+
+
+def test_digit_contrast_is_the_mean_inside_the_box_and_outside_it():
+    torch.manual_seed(1)
+    model = create_model("resnet20", attention="paper").eval()
+    with torch.no_grad():
+        for cell in (m for m in model.modules() if isinstance(m, Cell)):
+            for p in cell.parameters():
+                p.normal_(std=0.5)
+    size, side = 12, 5
+    images = torch.randn(5, 3, size, size)
+    corners = torch.randint(0, size - side + 1, (5, 2))
+    got = digit_contrast(model, images, corners, side, batch_size=2)  # batches of 2, 2 and 1
+    maps, _ = attention_maps(model, images)
+    assert [c.name for c in got] == [m.name for m in maps]
+    for contrast, block in zip(got, maps):
+        up = torch.nn.functional.interpolate(block.spatial, size=(size, size), mode="bilinear", align_corners=False)
+        inside = [up[i, 0, t:t + side, l:l + side] for i, (t, l) in enumerate(corners.tolist())]
+        total_inside = sum(float(b.sum()) for b in inside)
+        assert contrast.digit == pytest.approx(total_inside / (5 * side * side), rel=1e-5)
+        assert contrast.elsewhere == pytest.approx((float(up.sum()) - total_inside) / (5 * (size * size - side * side)),
+                                                   rel=1e-5)
+        assert contrast.ratio == pytest.approx(contrast.digit / contrast.elsewhere)
+
+
+def test_maps_on_cluttered_digits_measure_the_attention_on_the_digit(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--dataset", "cluttered-digits", "--image-size", "16", "--attention", "paper",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["maps", str(run), "--images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "over all 2000 test images:" in printed and "layer3.2" in printed
+    report = json.loads((run / "attention_maps.json").read_text())
+    assert report["images"] == 2000 and report["digit_box"] == 6 and len(report["blocks"]) == 9
+    for row in report["blocks"]:
+        assert 0 < row["digit"] < 1 and 0 < row["elsewhere"] < 1
+        assert row["ratio"] == pytest.approx(row["digit"] / row["elsewhere"])
+        assert f"ratio {row['ratio']:.2f}" in printed

@@ -9,16 +9,23 @@ s5 of every block upsampled over it, on one colour scale from 0 to 1. A SASE blo
 whose map is one flat colour does not discriminate positions. Only networks with SASE blocks (the published
 genotype or a searched one) have such a map. The images are drawn at random (--seed) from the test / validation
 split of the dataset the model was trained on, unless --dataset names another.
+
+On cluttered-digits, where the labelled digit's place is known, it also measures over the whole test split
+whether each block attends to the digit: the mean spatial attention inside the digit's box, elsewhere, and
+their ratio (above 1: the block amplifies the digit against the clutter), printed and written to a JSON
+file beside the figure.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
+from ..data.cluttered import generate_cluttered
 from ..train.recipe import resolve_device
-from ..visualize import attention_maps, displayable, plot_attention_maps, sase_blocks
+from ..visualize import attention_maps, digit_contrast, displayable, plot_attention_maps, sase_blocks
 from .args import device, positive_int
 from .eval import model_and_split
 
@@ -63,4 +70,22 @@ def run(args: argparse.Namespace) -> int:
     plot_attention_maps(displayable(images, loaded.data_spec.mean, loaded.data_spec.std), maps, titles, out)
     print(f"{spec.model} + {spec.attention}: spatial attention of {len(maps)} SASE blocks on {count} {dataset} test "
           f"images (seed {args.seed}); wrote {out}")
+    if dataset == "cluttered-digits":
+        report = out.with_suffix(".json")
+        write_contrast(model, split, loaded.image_size, report)
     return 0
+
+
+def write_contrast(model: torch.nn.Module, split, image_size: int, path: Path) -> None:
+    """Attention on the digit against elsewhere, per block, over the whole cluttered-digits test split."""
+    truth = generate_cluttered(False, image_size)  # the split's placements (the test split is not augmented)
+    images = torch.stack([split[i][0] for i in range(len(split))])
+    contrasts = digit_contrast(model, images, torch.from_numpy(truth.corners.copy()), truth.digit_size)
+    print(f"mean spatial attention on the labelled digit's {truth.digit_size}x{truth.digit_size} box vs elsewhere, "
+          f"over all {len(split)} test images:")
+    for c in contrasts:
+        print(f"  {c.name.removesuffix('.attn'):10s} digit {c.digit:.3f}  elsewhere {c.elsewhere:.3f}  "
+              f"ratio {c.ratio:.2f}")
+    rows = [{"block": c.name, "digit": c.digit, "elsewhere": c.elsewhere, "ratio": c.ratio} for c in contrasts]
+    path.write_text(json.dumps({"images": len(split), "digit_box": truth.digit_size, "blocks": rows}, indent=2) + "\n")
+    print(f"wrote {path}")

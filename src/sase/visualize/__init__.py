@@ -4,7 +4,9 @@ Each SASE block scales its input X by 1 + (s2 + s5) / 2 (Wang et al., 2024): s2 
 attention, s5 (B, 1, H, W) the spatial attention, the output of the spatial excitation edge (a sigmoid:
 in (0, 1)). `attention_maps` runs a network on a batch and keeps both of every block, read by forward
 hooks on the two edges, so the network itself is not changed; `plot_attention_maps` draws each image
-with the spatial attention of every block over it.
+with the spatial attention of every block over it. On cluttered digits, where the dataset knows where the
+labelled digit lies, `digit_contrast` measures whether the blocks attend to it: each block's mean spatial
+attention inside the digit's box against the mean over the rest of the image (the clutter and noise).
 """
 from __future__ import annotations
 
@@ -66,6 +68,49 @@ def attention_maps(model: nn.Module, images: Tensor) -> tuple[list[BlockMaps], T
     return maps, logits
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """One block's spatial attention on the labelled digit's box and elsewhere, averaged over images."""
+
+    name: str
+    digit: float  # mean of s5 (upsampled to the image) inside the digit's box
+    elsewhere: float  # mean of s5 over the rest of the image
+
+    @property
+    def ratio(self) -> float:
+        return self.digit / self.elsewhere
+
+
+def box_masks(corners: Tensor, side: int, size: int) -> Tensor:
+    """(N, 1, size, size) bool: True inside each image's side x side box at corners (N, 2) = (top, left)."""
+    ramp = torch.arange(size)
+    rows = (ramp >= corners[:, :1]) & (ramp < corners[:, :1] + side)  # (N, size)
+    cols = (ramp >= corners[:, 1:]) & (ramp < corners[:, 1:] + side)
+    return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
+
+
+@torch.no_grad()
+def digit_contrast(model: nn.Module, images: Tensor, corners: Tensor, side: int, batch_size: int = 256
+                   ) -> list[Contrast]:
+    """Each SASE block's mean spatial attention inside the labelled digit's box and outside it, over `images`
+    (N, 3, S, S) whose digits lie at `corners` (N, 2) in side x side boxes; maps upsampled as drawn."""
+    device = next(model.parameters()).device
+    size = images.shape[-1]
+    sums: dict[str, list[float]] = {}
+    inside_total = 0.0
+    for start in range(0, len(images), batch_size):
+        maps, _ = attention_maps(model, images[start:start + batch_size].to(device))
+        mask = box_masks(corners[start:start + batch_size], side, size)
+        inside_total += float(mask.sum())
+        for block in maps:
+            up = F.interpolate(block.spatial.cpu(), size=(size, size), mode="bilinear", align_corners=False)
+            acc = sums.setdefault(block.name, [0.0, 0.0])
+            acc[0] += float(up[mask].sum())
+            acc[1] += float(up[~mask].sum())
+    outside_total = len(images) * size * size - inside_total
+    return [Contrast(name, a / inside_total, b / outside_total) for name, (a, b) in sums.items()]
+
+
 def displayable(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Normalised (B, 3, H, W) images back to (B, H, W, 3) in [0, 1], for drawing."""
     mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
@@ -106,4 +151,5 @@ def plot_attention_maps(pictures: Tensor, maps: list[BlockMaps], titles: Sequenc
     plt.close(fig)
 
 
-__all__ = ["BlockMaps", "attention_maps", "displayable", "plot_attention_maps", "sase_blocks"]
+__all__ = ["BlockMaps", "Contrast", "attention_maps", "box_masks", "digit_contrast", "displayable",
+           "plot_attention_maps", "sase_blocks"]

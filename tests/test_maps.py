@@ -1,4 +1,4 @@
-"""`sase maps` and `sase.visualize`: the spatial attention of every SASE block, captured and drawn."""
+"""`sase maps` and `sase.visualize`: the spatial attention of every SASE and CBAM block, captured and drawn."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ import json
 import matplotlib.image
 import pytest
 import torch
+from timm.layers.cbam import CbamModule
 
 from sase import create_model
 from sase.cell import Cell
@@ -34,6 +35,7 @@ def test_the_maps_are_what_each_block_multiplies_its_input_by():
         cell.register_forward_hook(lambda m, inputs, out, name=name: seen.__setitem__(name, (inputs[0], out)))
     maps, logits = attention_maps(model, x)
     assert [m.name for m in maps] == [name for name, _ in cells] and maps[0].name == "layer1.0.attn"
+    assert {m.kind for m in maps} == {"sase"}
     for block in maps:
         x_in, y = seen[block.name]
         b, c, h, w = x_in.shape
@@ -48,9 +50,31 @@ def test_the_maps_are_what_each_block_multiplies_its_input_by():
         torch.testing.assert_close(logits, model.eval()(x))
 
 
-@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
-def test_a_network_without_sase_blocks_is_refused(attention):
-    with pytest.raises(ValueError, match="no SASE block"):
+def test_cbam_maps_are_its_two_gates():
+    """CBAM (Woo et al., 2018): Y = (X c) s, c its channel gate (B, C, 1, 1), s its spatial gate (B, 1, H, W)."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", attention="cbam", num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():  # open the zero-initialised residual branches; random gates
+            p.normal_(std=0.3)
+    x = torch.randn(2, 3, 10, 10)
+    seen: dict[str, tuple] = {}
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, CbamModule)]
+    for name, block in blocks:
+        block.register_forward_hook(lambda m, inputs, out, name=name: seen.__setitem__(name, (inputs[0], out)))
+    maps, _ = attention_maps(model, x)
+    assert [m.name for m in maps] == [name for name, _ in blocks] and {m.kind for m in maps} == {"cbam"}
+    for block in maps:
+        x_in, y = seen[block.name]
+        b, c, h, w = x_in.shape
+        assert block.channel.shape == (b, c) and block.spatial.shape == (b, 1, h, w)
+        torch.testing.assert_close(y, x_in * block.channel.view(b, c, 1, 1) * block.spatial)
+    assert sum(float(m.spatial.std()) > 0.01 for m in maps) >= len(maps) // 2
+
+
+@pytest.mark.parametrize("attention", ["none", "se", "eca"])
+def test_a_network_without_sase_or_cbam_blocks_is_refused(attention):
+    with pytest.raises(ValueError, match="no SASE or CBAM block"):
         attention_maps(create_model("resnet20", attention=attention), torch.randn(1, 3, 8, 8))
 
 
@@ -60,7 +84,7 @@ def test_maps_of_a_trained_run_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["maps", str(run), "--images", "3", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "resnet20 + paper: spatial attention of 9 SASE blocks on 3 digits test images (seed 1)" in printed
+    assert "resnet20 + paper: spatial attention of 9 blocks on 3 digits test images (seed 1)" in printed
     figure = matplotlib.image.imread(run / "attention_maps.png")
     assert figure.shape[0] > 100 and figure.shape[1] > figure.shape[0]  # three rows of ten panels
     assert figure[..., :3].std() > 0.05  # drawn, not blank
@@ -89,7 +113,7 @@ def test_a_run_without_sase_blocks_is_one_line(tmp_path, capsys):
     assert main(["train", *TINY, "--steps-per-epoch", "1", "--attention", "se", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["maps", str(run)]) == 2
-    assert "sase maps: error: the network has no SASE block" in capsys.readouterr().err
+    assert "sase maps: error: the network has no SASE or CBAM block" in capsys.readouterr().err
     assert not (run / "attention_maps.png").exists()
 
 

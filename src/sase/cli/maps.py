@@ -1,14 +1,16 @@
-"""`sase maps`: draw where each SASE block of a trained network looks, on images of its test split.
+"""`sase maps`: draw where each attention block of a trained network looks, on images of its test split.
 
     sase maps runs/train                                  # 8 test images, every block -> runs/train/attention_maps.png
     sase maps runs/pipeline/cells/found-seed0 --images 4 --seed 3
 
 Each row is one image (its label, the prediction and its probability above it), then the spatial attention
-s5 of every block upsampled over it, on one colour scale from 0 to 1. A SASE block multiplies its input by
-1 + (s2 + s5) / 2 (Wang et al., 2024), so bright regions are amplified relative to dark ones; a block
-whose map is one flat colour does not discriminate positions. Only networks with SASE blocks (the published
-genotype or a searched one) have such a map. The images are drawn at random (--seed) from the test / validation
-split of the dataset the model was trained on, unless --dataset names another.
+of every block upsampled over it, on one colour scale from 0 to 1. A SASE block multiplies its input by
+1 + (s2 + s5) / 2 (Wang et al., 2024), s5 its spatial attention; a CBAM block (Woo et al., ECCV 2018) by its
+channel attention, then its spatial attention. Bright regions are amplified relative to dark ones; a block
+whose map is one flat colour does not discriminate positions. Networks with SASE blocks (the published
+genotype or a searched one) or CBAM blocks have such a map; SE, ECA and the rest attend over channels.
+The images are drawn at random (--seed) from the test / validation split of the dataset the model was
+trained on, unless --dataset names another.
 
 On cluttered-digits, where the labelled digit's place is known, it also measures over the whole test split
 whether each block attends to the digit: the mean spatial attention inside the digit's box, elsewhere, and
@@ -25,7 +27,7 @@ import torch
 
 from ..data.cluttered import generate_cluttered
 from ..train.recipe import resolve_device
-from ..visualize import attention_maps, digit_contrast, displayable, plot_attention_maps, sase_blocks
+from ..visualize import attention_maps, digit_contrast, displayable, plot_attention_maps, attention_blocks
 from .args import device, positive_int
 from .eval import model_and_split
 
@@ -34,7 +36,8 @@ MAX_IMAGES = 64  # one row of the figure per image
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("maps", help="draw the spatial attention of every SASE block of a trained model on test images",
+    p = sub.add_parser("maps", help="draw the spatial attention of every SASE or CBAM block of a trained model on "
+                       "test images",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="CHECKPOINT_OR_SAFETENSORS", help="checkpoint.pt, model.safetensors, or a run "
                    "folder holding one")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: the figure is written as PNG; give a path ending in .png")
     loaded = model_and_split(args)
     model, spec, split, dataset = loaded.model, loaded.spec, loaded.split, loaded.dataset
-    sase_blocks(model)  # a network without SASE blocks: one line, nothing written
+    attention_blocks(model)  # a network without SASE or CBAM blocks: one line, nothing written
     out = Path(args.out) if args.out else loaded.path.parent / "attention_maps.png"
     count = min(args.images, len(split))
     picked = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[:count].tolist()
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     probs = torch.softmax(logits.float(), -1).cpu()
     titles = [f"label {y}, predicted {int(p.argmax())} ({float(p.max()):.2f})" for y, p in zip(labels, probs)]
     plot_attention_maps(displayable(images, loaded.data_spec.mean, loaded.data_spec.std), maps, titles, out)
-    print(f"{spec.model} + {spec.attention}: spatial attention of {len(maps)} SASE blocks on {count} {dataset} test "
+    print(f"{spec.model} + {spec.attention}: spatial attention of {len(maps)} blocks on {count} {dataset} test "
           f"images (seed {args.seed}); wrote {out}")
     if dataset == "cluttered-digits":
         report = out.with_suffix(".json")

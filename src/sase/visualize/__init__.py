@@ -1,12 +1,15 @@
-"""Where SASE blocks look: the spatial attention of every block of a trained network, captured and drawn.
+"""Where attention blocks look: the spatial attention of every block of a trained network, captured and drawn.
 
-Each SASE block scales its input X by 1 + (s2 + s5) / 2 (Wang et al., 2024): s2 (B, C, 1, 1) is the channel
-attention, s5 (B, 1, H, W) the spatial attention, the output of the spatial excitation edge (a sigmoid:
-in (0, 1)). `attention_maps` runs a network on a batch and keeps both of every block, read by forward
-hooks on the two edges, so the network itself is not changed; `plot_attention_maps` draws each image
-with the spatial attention of every block over it. On cluttered digits, where the dataset knows where the
-labelled digit lies, `digit_contrast` measures whether the blocks attend to it: each block's mean spatial
-attention inside the digit's box against the mean over the rest of the image (the clutter and noise).
+Two kinds of block have a spatial attention map, a (B, 1, H, W) sigmoid in (0, 1):
+- a SASE block (Wang et al., 2024) scales its input X by 1 + (s2 + s5) / 2, with s2 (B, C, 1, 1) its channel
+  attention and s5 its spatial attention, the outputs of its channel and spatial excitation edges;
+- a CBAM block (Woo et al., ECCV 2018) scales X by its channel attention c, then by its spatial attention s.
+`attention_maps` runs a network on a batch and keeps both maps of every such block, read by forward hooks
+(on the SASE cell's two excitation edges, on CBAM's two sigmoid gates), so the network itself is not
+changed; `plot_attention_maps` draws each image with the spatial attention of every block over it. On
+cluttered digits, where the dataset knows where the labelled digit lies, `digit_contrast` measures whether
+the blocks attend to it: each block's mean spatial attention inside the digit's box against the mean over
+the rest of the image (the clutter and noise).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from timm.layers.cbam import CbamModule
+
 from ..cell import EDGE_NAMES, Cell
 
 CHANNEL_EDGE = EDGE_NAMES.index("channel_excitation")  # s2
@@ -26,36 +31,52 @@ SPATIAL_EDGE = EDGE_NAMES.index("spatial_excitation")  # s5
 
 @dataclass(frozen=True)
 class BlockMaps:
-    """The attention of one SASE block on a batch."""
+    """The attention of one block on a batch."""
 
     name: str  # the block's module name in the network, e.g. "layer1.0.attn"
-    channel: Tensor  # s2, (B, C): the channel attention
-    spatial: Tensor  # s5, (B, 1, H, W) at the block's resolution, in (0, 1)
+    kind: str  # "sase" or "cbam"
+    channel: Tensor  # (B, C): SASE's s2 (unbounded with `fc`), CBAM's sigmoid channel gate
+    spatial: Tensor  # (B, 1, H, W) at the block's resolution, in (0, 1): SASE's s5, CBAM's spatial gate
 
 
-def sase_blocks(model: nn.Module) -> list[tuple[str, Cell]]:
-    """The SASE cells of a network with their module names, in forward order; none: a one-line error."""
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, Cell)]
+@dataclass(frozen=True)
+class Sources:
+    """Where one block's two attentions are read: the modules whose outputs they are."""
+
+    name: str
+    kind: str
+    channel: nn.Module
+    spatial: nn.Module
+
+
+def attention_blocks(model: nn.Module) -> list[Sources]:
+    """The SASE and CBAM blocks of a network, in forward order; none: a one-line error."""
+    blocks = []
+    for name, m in model.named_modules():
+        if isinstance(m, Cell):
+            blocks.append(Sources(name, "sase", m.edges[CHANNEL_EDGE], m.edges[SPATIAL_EDGE]))
+        elif isinstance(m, CbamModule):
+            blocks.append(Sources(name, "cbam", m.channel.gate, m.spatial.gate))
     if not blocks:
-        raise ValueError("the network has no SASE block, so no spatial attention to show: train it with "
-                         "--attention paper, sase or a genotype (SE, ECA and the other modules of the zoo "
+        raise ValueError("the network has no SASE or CBAM block, so no spatial attention to show: train it with "
+                         "--attention paper, sase, a genotype or cbam (SE, ECA and the other modules of the zoo "
                          "attend over channels only, or have no map of this kind)")
     return blocks
 
 
 @torch.no_grad()
 def attention_maps(model: nn.Module, images: Tensor) -> tuple[list[BlockMaps], Tensor]:
-    """Every SASE block's channel and spatial attention on `images` (eval mode), and the network's logits."""
-    blocks = sase_blocks(model)
-    seen: dict[tuple[str, int], Tensor] = {}
+    """Every SASE and CBAM block's channel and spatial attention on `images` (eval mode), and the logits."""
+    blocks = attention_blocks(model)
+    seen: dict[tuple[str, str], Tensor] = {}
 
-    def keep(name: str, edge: int):
+    def keep(name: str, which: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            seen[(name, edge)] = output.detach().float().clone()  # clone: nothing downstream may write into it
+            seen[(name, which)] = output.detach().float().clone()  # clone: nothing downstream may write into it
         return hook
 
-    handles = [cell.edges[edge].register_forward_hook(keep(name, edge))
-               for name, cell in blocks for edge in (CHANNEL_EDGE, SPATIAL_EDGE)]
+    handles = [module.register_forward_hook(keep(b.name, which))
+               for b in blocks for which, module in (("channel", b.channel), ("spatial", b.spatial))]
     was_training = model.training
     try:
         model.eval()
@@ -64,7 +85,7 @@ def attention_maps(model: nn.Module, images: Tensor) -> tuple[list[BlockMaps], T
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    maps = [BlockMaps(name, seen[(name, CHANNEL_EDGE)].flatten(1), seen[(name, SPATIAL_EDGE)]) for name, _ in blocks]
+    maps = [BlockMaps(b.name, b.kind, seen[(b.name, "channel")].flatten(1), seen[(b.name, "spatial")]) for b in blocks]
     return maps, logits
 
 
@@ -92,7 +113,7 @@ def box_masks(corners: Tensor, side: int, size: int) -> Tensor:
 @torch.no_grad()
 def digit_contrast(model: nn.Module, images: Tensor, corners: Tensor, side: int, batch_size: int = 256
                    ) -> list[Contrast]:
-    """Each SASE block's mean spatial attention inside the labelled digit's box and outside it, over `images`
+    """Each block's mean spatial attention inside the labelled digit's box and outside it, over `images`
     (N, 3, S, S) whose digits lie at `corners` (N, 2) in side x side boxes; maps upsampled as drawn."""
     device = next(model.parameters()).device
     size = images.shape[-1]
@@ -145,11 +166,13 @@ def plot_attention_maps(pictures: Tensor, maps: list[BlockMaps], titles: Sequenc
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="spatial attention s5")
-    fig.suptitle("spatial attention of each SASE block (input scaled by 1 + (s2 + s5) / 2)", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="spatial attention")
+    how = {"sase": "SASE: the input scaled by 1 + (s2 + s5) / 2", "cbam": "CBAM: the input scaled by c, then by s"}
+    kinds = "; ".join(how[k] for k in dict.fromkeys(m.kind for m in maps))
+    fig.suptitle(f"spatial attention of each block ({kinds})", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-__all__ = ["BlockMaps", "Contrast", "attention_maps", "box_masks", "digit_contrast", "displayable",
-           "plot_attention_maps", "sase_blocks"]
+__all__ = ["BlockMaps", "Contrast", "Sources", "attention_blocks", "attention_maps", "box_masks", "digit_contrast",
+           "displayable", "plot_attention_maps"]

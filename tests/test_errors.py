@@ -3,6 +3,7 @@ code 2, no traceback (unless --debug or SASE_DEBUG=1), and no run folder written
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -224,3 +225,14 @@ def test_version_names_sase_and_what_it_runs_on(capsys):
     assert line.startswith(f"sase {sase.__version__} (Python ")
     for name, module in (("torch", torch), ("torchvision", torchvision), ("timm", timm)):
         assert f"{name} {module.__version__}" in line
+
+
+def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys):
+    """`sase ... | head`: once the reader is gone, no error line and no traceback, exit code 1."""
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["demo", "--model", "resnet20", "--attention", "se", "--image-size", "8"]) == 1
+    assert capsys.readouterr().err == ""

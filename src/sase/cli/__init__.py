@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 import traceback
@@ -101,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with silenced(not place.main):
             return COMMANDS[args.command].run(args) or 0
+    except BrokenPipeError:
+        # whoever read the output went away (`sase ... | head`): stop quietly, as command-line tools do
+        _stdout_to_devnull()
+        return 1
     except USER_ERRORS as err:
         if place.local_rank != 0 and not debugging(args):
             return 2
@@ -111,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         leave()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that flushing it again at exit does not fail on the closed pipe too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # no real file behind stdout
+        pass
 
 
 @contextlib.contextmanager

@@ -78,9 +78,16 @@ def test_a_network_without_sase_or_cbam_blocks_is_refused(attention):
         attention_maps(create_model("resnet20", attention=attention), torch.randn(1, 3, 8, 8))
 
 
-def test_maps_of_a_trained_run_end_to_end(tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run of ResNet-20 with the published block on digits, shared by the tests below."""
+    run = tmp_path_factory.mktemp("maps") / "run"
     assert main(["train", *TINY, "--attention", "paper", "--out", str(run)]) == 0
+    return run
+
+
+def test_maps_of_a_trained_run_end_to_end(trained, tmp_path, capsys):
+    run = trained
     capsys.readouterr()
     assert main(["maps", str(run), "--images", "3", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
@@ -99,11 +106,9 @@ def test_maps_of_a_trained_run_end_to_end(tmp_path, capsys):
     (["--images", "0"], "argument --images: must be at least 1"),
     (["--out", "maps.jpg"], "the figure is written as PNG"),
 ])
-def test_bad_input_is_one_line(tmp_path, capsys, flags, message):
-    run = tmp_path / "run"
-    assert main(["train", *TINY, "--steps-per-epoch", "1", "--attention", "paper", "--out", str(run)]) == 0
+def test_bad_input_is_one_line(trained, capsys, flags, message):
     capsys.readouterr()
-    assert main(["maps", str(run), *flags]) == 2
+    assert main(["maps", str(trained), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sase maps: error:") and message in err[0], err
 

@@ -27,7 +27,7 @@ import torch
 
 from ..data.cluttered import generate_cluttered
 from ..train.recipe import resolve_device
-from ..visualize import attention_maps, digit_contrast, displayable, plot_attention_maps, attention_blocks
+from ..visualize import attention_blocks, attention_maps, digit_contrast, displayable, plot_attention_maps
 from .args import device, positive_int
 from .eval import model_and_split
 

@@ -94,8 +94,8 @@ class Contrast:
     """One block's spatial attention on the labelled digit's box and elsewhere, averaged over images."""
 
     name: str
-    digit: float  # mean of s5 (upsampled to the image) inside the digit's box
-    elsewhere: float  # mean of s5 over the rest of the image
+    digit: float  # mean of the spatial attention (upsampled to the image) inside the digit's box
+    elsewhere: float  # its mean over the rest of the image
 
     @property
     def ratio(self) -> float:
@@ -125,9 +125,10 @@ def digit_contrast(model: nn.Module, images: Tensor, corners: Tensor, side: int,
         inside_total += float(mask.sum())
         for block in maps:
             up = F.interpolate(block.spatial.cpu(), size=(size, size), mode="bilinear", align_corners=False)
+            inside = float(up[mask].sum())
             acc = sums.setdefault(block.name, [0.0, 0.0])
-            acc[0] += float(up[mask].sum())
-            acc[1] += float(up[~mask].sum())
+            acc[0] += inside
+            acc[1] += float(up.sum()) - inside  # the rest: no second masked copy of the maps
     outside_total = len(images) * size * size - inside_total
     return [Contrast(name, a / inside_total, b / outside_total) for name, (a, b) in sums.items()]
 

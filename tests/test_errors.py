@@ -145,6 +145,8 @@ CASES: dict[str, tuple[list[str], Setup | None, list[str]]] = {
     "train --workers -1": (["train", *TRAIN, "--workers", "-1", "--out", "{tmp}/r"], None, ["workers", "got -1"]),
     "train --lr nan": (["train", *TRAIN, "--lr", "nan", "--out", "{tmp}/r"], None, ["lr must be", "got nan"]),
     "train --epochs x": (["train", "--epochs", "x"], None, ["--epochs", "invalid int value: 'x'"]),
+    "train --attention nosuch": (["train", *TRAIN, "--attention", "nosuch", "--out", "{tmp}/r"], None,
+                                 ["unknown attention 'nosuch'", "se, eca, cbam"]),
     "search --nosuch": (["search", "--nosuch", "1"], None, ["unrecognized arguments: --nosuch 1"]),
 }
 
@@ -157,8 +159,11 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys, run, name):
     fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{run}", str(run))
     before, files_before = snapshot(run), snapshot(tmp_path)
     assert main([fill(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
+    out, err = capsys.readouterr()
+    err = err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if "--resume" not in argv:  # a resumed run is announced, then its checkpoint read
+        assert out == "", out  # refused before anything is announced
     assert err.startswith(f"sase {argv[0]}: error: "), err
     for word in words:
         assert fill(word) in err, (word, err)

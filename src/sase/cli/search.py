@@ -28,6 +28,7 @@ from ..search.config import SAMPLINGS, SELECTIONS
 from ..search.optim import ARCH_OPTIMIZERS
 from ..utils.config import AMP_MODES
 from ..utils.distributed import world
+from ..utils.folders import check_out
 from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         config = SearchConfig.resumed(args.out, given_settings(args), preset=args.preset)
     else:  # several seeds resume each search that has a checkpoint, with or without --resume
         config = config_from_args(args)
+    check_out(config.out)  # before anything is announced
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
           f"{config.epochs} epochs, batch {config.batch_size}, {config.amp or 'float32'} -> {config.out}")
     try:

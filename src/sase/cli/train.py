@@ -26,10 +26,12 @@ from dataclasses import fields, replace
 from typing import Any
 
 from ..train import PRESETS, TrainConfig, TrainingDiverged, run_train
+from ..train.export import resolve_genotype
 from ..train.plots import si
 from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
 from ..utils.distributed import broadcast_object, check_batch, setup, world
+from ..utils.folders import check_out
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
@@ -110,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig.resumed(args.out, given_settings(args), preset=args.preset)
     else:
         config = config_from_args(args)
+        resolve_genotype(config.attention)  # a ValueError for an unknown attention, before anything is printed
     check_batch(config.batch_size)  # before the processes meet and anything is printed
     if args.out is None:
         config = replace(config, out=default_out(config))
+    check_out(config.out)
     w = world()  # under torchrun the command line prints rank 0's lines alone
     split = f" over {w.size} processes" if w.distributed else ""
     print(f"training: {config.model} + {config.attention} on {config.dataset}, {config.epochs} epochs, batch "

@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy import stats
 from torch import Tensor
 
 INDIFFERENCE_SHARE = 0.1  # an indifferent edge's effect is under a tenth of the most decisive edge's
@@ -80,6 +79,8 @@ class EdgeEvidence:
 
     def effects(self, chosen: Tensor) -> list[list[EdgeEffect]]:
         """Per group and edge, the effect of switching from `chosen` (groups, edges) to each other candidate."""
+        from scipy import stats  # here, not above: it takes a second to import, and every sase command imports this
+
         n = int(self.count.item())
         mean, second = (self.sum / max(n, 1)).cpu(), (self.sum_outer / max(n, 1)).cpu()
         spread = mean.amax(-1) - mean.amin(-1)  # (groups, edges)

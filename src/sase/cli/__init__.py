@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import os
 import sys
 import traceback
-from typing import NoReturn, Sequence
+from types import ModuleType
+from typing import Iterable, NoReturn, Sequence
 
-from ..search.graphs import GraphRecordingError
-from ..utils.distributed import leave, world
-from . import bench, compare, demo, detect, export, maps, pipeline, search
-from . import eval as eval_
-from . import train
+from .commands import HELP
 
-COMMANDS = {"search": search, "train": train, "eval": eval_, "compare": compare, "pipeline": pipeline, "demo": demo,
-            "detect": detect, "export": export, "bench": bench, "maps": maps}
-# bad input from the user: settings and files (ValueError), files and folders the system refuses (OSError)
-USER_ERRORS = (ValueError, OSError, GraphRecordingError)
 DEBUG_HELP = "show the traceback of an error (also: SASE_DEBUG=1)"
 
 
@@ -40,14 +34,25 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str) -> ModuleType:
+    """The module of a subcommand (sase.cli.<name>): its `add_parser` and `run`."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `sase`, with the flags of `commands` (default: all). The others are listed by name and help
+    alone, so that `sase --help`, or a command, does not import every command's module (and torch with them)."""
+    full = set(HELP) if commands is None else set(commands)
     parser = Parser(prog="sase", description="Search and use SASE attention blocks for CNNs.")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--version", action="store_true",
                         help="print the version of sase and of what it runs on (for bug reports), and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers are Parsers too
-    for name, module in COMMANDS.items():
-        module.add_parser(sub)
+    for name, help in HELP.items():
+        if name in full:
+            command_module(name).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help)
     for command in sub.choices.values():
         # SUPPRESS: unset here, the top-level --debug stands (a subparser default would overwrite it)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
@@ -82,8 +87,16 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command an argv names: its first word that is not a flag (`sase`'s own flags take no value)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in HELP else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = named_command(argv)
+    parser = build_parser([] if command is None else [command])
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named by the command they were given to, not by `sase`
@@ -98,15 +111,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user error ends it in one line on stderr and exit code 2."""
+    from ..search.graphs import GraphRecordingError
+    from ..utils.distributed import leave, world
+
+    # bad input from the user: settings and files (ValueError), files and folders the system refuses (OSError)
+    user_errors = (ValueError, OSError, GraphRecordingError)
     place = world()
     try:
         with silenced(not place.main):
-            return COMMANDS[args.command].run(args) or 0
+            return command_module(args.command).run(args) or 0
     except BrokenPipeError:
         # whoever read the output went away (`sase ... | head`): stop quietly, as command-line tools do
         _stdout_to_devnull()
         return 1
-    except USER_ERRORS as err:
+    except user_errors as err:
         if place.local_rank != 0 and not debugging(args):
             return 2
         if debugging(args):

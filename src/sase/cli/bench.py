@@ -21,10 +21,11 @@ from ..export.bench import DEFAULT_ATTENTIONS, BenchConfig, run_bench
 from ..export.bench_report import markdown_table, setup_text, write_report
 from ..utils.folders import check_out
 from .args import device, positive_int
+from .commands import HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="parameters, FLOPs, latency, training step and memory of each attention",
+    p = sub.add_parser("bench", help=HELP["bench"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50", help="backbone, a sase model name (default: resnet50)")
     p.add_argument("--attentions", default=DEFAULT_ATTENTIONS,

@@ -38,13 +38,14 @@ from ..train.cells import Cell, check_jobs, default_jobs, parse_shard, search_ve
 from ..train.compare import markdown_table, parse_entries, run_compare, run_shard
 from ..utils.distributed import check_batch
 from ..utils.folders import check_out
+from .commands import HELP
 from .train import add_recipe_flags, config_from_args
 
 DEFAULT_ATTENTIONS = "none,se,cbam,eca,paper"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="train attention modules under one recipe over seeds and compare them",
+    p = sub.add_parser("compare", help=HELP["compare"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attentions", default=DEFAULT_ATTENTIONS,
                    help="comma-separated: zoo names, presets, genotype JSON paths, LABEL=NAME_OR_PATH, or "

@@ -10,11 +10,11 @@ from ..attention import create_attention
 from ..genotype import Genotype
 from ..models import create_model
 from .args import positive_int
+from .commands import HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build the published SASE block (Wang et al., 2024) in a ResNet and run a "
-                       "forward pass",
+    p = sub.add_parser("demo", help=HELP["demo"],
                        description=__doc__)
     p.add_argument("--model", default="resnet50", help="backbone name (ResNet, He et al., 2016; default: resnet50)")
     p.add_argument("--attention", default="paper",

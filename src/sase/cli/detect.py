@@ -28,6 +28,7 @@ from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
 from ..utils.distributed import check_batch
 from .args import count, device, positive_int
+from .commands import HELP
 from .train import default_out
 
 FLAGS = {  # DetectConfig fields with a flag of their own
@@ -65,7 +66,7 @@ FLAGS = {  # DetectConfig fields with a flag of their own
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="train, evaluate and run Faster / Mask R-CNN with an attention backbone",
+    p = sub.add_parser("detect", help=HELP["detect"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     _add_train(actions.add_parser("train", help="train a detector on COCO-format data"))

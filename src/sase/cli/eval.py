@@ -23,10 +23,11 @@ from ..train.plots import si
 from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
 from .args import count, device, positive_int
+from .commands import HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained model (checkpoint.pt, model.safetensors or run folder)",
+    p = sub.add_parser("eval", help=HELP["eval"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="CHECKPOINT_OR_SAFETENSORS", help="checkpoint.pt, model.safetensors, or a run "
                    "folder holding one")

@@ -23,10 +23,11 @@ from ..export.formats import FORMATS, export_model, get_format, verify
 from ..models import MODELS, CifarResNet, create_model
 from ..train.export import load_model, locate
 from .args import positive_int
+from .commands import HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or torch.export and check it",
+    p = sub.add_parser("export", help=HELP["export"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
                    help=f"checkpoint.pt, model.safetensors, a run folder holding one, or a model name "

@@ -29,6 +29,7 @@ from ..data.cluttered import generate_cluttered
 from ..train.recipe import resolve_device
 from ..visualize import attention_blocks, attention_maps, digit_contrast, displayable, plot_attention_maps
 from .args import device, positive_int
+from .commands import HELP
 from .eval import model_and_split
 
 IMAGES = 8
@@ -36,8 +37,7 @@ MAX_IMAGES = 64  # one row of the figure per image
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("maps", help="draw the spatial attention of every SASE or CBAM block of a trained model on "
-                       "test images",
+    p = sub.add_parser("maps", help=HELP["maps"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="CHECKPOINT_OR_SAFETENSORS", help="checkpoint.pt, model.safetensors, or a run "
                    "folder holding one")

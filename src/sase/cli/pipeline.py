@@ -20,6 +20,7 @@ from ..search import SearchConfig, SearchDiverged, ensure_search
 from ..train import TrainConfig, TrainingDiverged
 from ..train.compare import markdown_table, parse_entries, run_compare
 from ..utils.folders import check_out
+from .commands import HELP
 from .compare import add_jobs_flag, jobs_from_args, parse_seeds
 
 # The default budget: a search and 24 training runs (8 blocks x 3 seeds) in about 15 min on 2 CPU cores.
@@ -37,8 +38,8 @@ BASELINES = ("paper", "se", "cbam", "eca", "none", "random:2")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="search a block, then compare it with paper, se, cbam, eca, none and random "
-                       "blocks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("pipeline", help=HELP["pipeline"], description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/pipeline", help="pipeline folder (default: runs/pipeline)")
     p.add_argument("--dataset", default=DATASET, help=f"dataset of the search and the comparison (default: {DATASET})")
     p.add_argument("--data", help="dataset root (not needed for the bundled datasets)")

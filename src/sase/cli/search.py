@@ -29,6 +29,7 @@ from ..search.optim import ARCH_OPTIMIZERS
 from ..utils.config import AMP_MODES
 from ..utils.distributed import world
 from ..utils.folders import check_out
+from .commands import HELP
 from .compare import parse_seeds
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
@@ -76,7 +77,7 @@ FLAGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search an attention block (DARTS, Liu et al., ICLR 2019)", description=__doc__,
+    p = sub.add_parser("search", help=HELP["search"], description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     types = {f.name: f.type for f in fields(SearchConfig)}
     choices = {"dataset": sorted(DATASETS), "order": ["1", "2", "exact"], "select": list(SELECTIONS), "arch_optimizer": list(ARCH_OPTIMIZERS),

@@ -32,6 +32,7 @@ from ..train.recipe import resolve_device
 from ..utils.config import AMP_MODES
 from ..utils.distributed import broadcast_object, check_batch, setup, world
 from ..utils.folders import check_out
+from .commands import HELP
 
 # command-line flags for these config fields (the rest keep their defaults, or come from a preset)
 FLAGS = {
@@ -83,7 +84,7 @@ def add_recipe_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a ResNet with an attention module", description=__doc__,
+    p = sub.add_parser("train", help=HELP["train"], description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_flags(p)
     p.add_argument("--resume", action="store_true", help="resume the run in --out from its checkpoint, with its saved "

@@ -7,8 +7,9 @@ Names load on first use (PEP 562): importing the package builds nothing and draw
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -33,13 +34,4 @@ if TYPE_CHECKING:
     from .verdict import DECIDED_MARGIN, Verdict, judge, read_verdict
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

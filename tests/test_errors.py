@@ -2,9 +2,13 @@
 code 2, no traceback (unless --debug or SASE_DEBUG=1), and no run folder written or changed."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import os
+import resource
+import signal
 import subprocess
 import sys
 import warnings
@@ -16,9 +20,12 @@ import pytest
 import torch
 
 from helpers import write_folder
+from sase import create_model
 from sase.cli import main
 from sase.data import build_dataset
-from sase.train import TrainConfig, run_train
+from sase.train import ModelSpec, TrainConfig, run_train
+from sase.train.export import save_safetensors
+from sase.utils.checkpoint import load_checkpoint, save_atomic
 
 TRAIN = ["--epochs", "1", "--batch-size", "16", "--steps-per-epoch", "2", "--image-size", "8", "--quiet"]
 SEARCH = ["--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "2", "--image-size", "8", "--eval-images", "64",
@@ -241,3 +248,44 @@ def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["demo", "--model", "resnet20", "--attention", "se", "--image-size", "8"]) == 1
     assert capsys.readouterr().err == ""
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Writes past `nbytes` of any file fail with EFBIG: the system's own refusal, as a full disk's ENOSPC."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the signal would kill the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_the_system_refuses_is_an_os_error_naming_it_and_the_old_one_stays(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"step": 1, "w": torch.ones(10)}, path)
+    with file_size_limit(100_000), pytest.raises(OSError) as refused:
+        save_atomic({"step": 2, "w": torch.ones(100_000)}, path)  # 400 kB
+    assert refused.value.errno == errno.EFBIG and refused.value.filename == str(path)
+    assert refused.value.strerror == "checkpoint not written: File too large"
+    assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_weights_the_system_refuses_are_an_os_error_naming_them(tmp_path):
+    model = create_model("resnet20", attention="se")
+    spec = ModelSpec.create("resnet20", "se", 10, 32, "digits")
+    with file_size_limit(100_000), pytest.raises(OSError) as refused:
+        save_safetensors(model, spec, tmp_path / "model.safetensors")  # 1.1 MB
+    assert refused.value.errno == errno.EFBIG and refused.value.filename == str(tmp_path / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, under any name
+
+
+def test_a_run_whose_checkpoint_the_disk_refuses_ends_in_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    with file_size_limit(200_000):  # config.json and history.csv fit, the checkpoint does not
+        assert main(["train", *TRAIN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sase train: error: {out / 'checkpoint.pt'}: checkpoint not written: File too large", err
+    assert not list(out.glob(".checkpoint.pt.*"))  # the temporary file is gone too

@@ -11,9 +11,35 @@ from typing import Any
 
 import torch
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors' Rust core names the system's error
+
+
+def refused_write(err: BaseException, path: str | os.PathLike, what: str) -> OSError | None:
+    """An OSError naming `path`, when writing `what` there failed because the system refused it (a full disk, a
+    file-size limit, a read-only file system); None for any other failure.
+
+    torch.save reports such a failure as a RuntimeError of its zip writer, the OSError in its context, and
+    safetensors as a SafetensorError that quotes the system's error number: neither is an OSError, and neither
+    names the file.
+    """
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno):
+        seen = seen.__cause__ or seen.__context__
+    if seen is not None:
+        code = seen.errno
+    else:
+        match = _OS_ERROR.search(str(err))
+        if match is None:
+            return None
+        code = int(match.group(1))
+    return OSError(code, f"{what} not written: {os.strerror(code)}", str(path))
+
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save `state` to `path` so that a crash at any moment leaves either the old or the new file."""
+    """torch.save `state` to `path` so that a crash at any moment leaves either the old or the new file.
+
+    A write the system refuses (a full disk) is an OSError naming `path`; the old file stays as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -23,8 +49,11 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        refused = refused_write(err, path, "checkpoint")
+        if refused is not None:
+            raise refused from err
         raise
 
 

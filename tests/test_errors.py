@@ -152,6 +152,8 @@ CASES: dict[str, tuple[list[str], Setup | None, list[str]]] = {
     "train --workers -1": (["train", *TRAIN, "--workers", "-1", "--out", "{tmp}/r"], None, ["workers", "got -1"]),
     "train --lr nan": (["train", *TRAIN, "--lr", "nan", "--out", "{tmp}/r"], None, ["lr must be", "got nan"]),
     "train --epochs x": (["train", "--epochs", "x"], None, ["--epochs", "invalid int value: 'x'"]),
+    "search --seeds 0,0": (["search", *SEARCH, "--seeds", "0,0", "--out", "{tmp}/r"], None,
+                           ["--seeds needs distinct integers", "'0,0'"]),
     "train --attention nosuch": (["train", *TRAIN, "--attention", "nosuch", "--out", "{tmp}/r"], None,
                                  ["unknown attention 'nosuch'", "se, eca, cbam"]),
     "search --nosuch": (["search", "--nosuch", "1"], None, ["unrecognized arguments: --nosuch 1"]),
@@ -289,3 +291,27 @@ def test_a_run_whose_checkpoint_the_disk_refuses_ends_in_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err == f"sase train: error: {out / 'checkpoint.pt'}: checkpoint not written: File too large", err
     assert not list(out.glob(".checkpoint.pt.*"))  # the temporary file is gone too
+
+
+def test_ctrl_c_is_one_line_saying_how_to_go_on_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    from sase.cli.commands import AFTER_INTERRUPT
+    from sase.train.loop import Trainer
+
+    original, calls = Trainer._train_step, {"n": 0}
+
+    def step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2, after epoch 1's checkpoint
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    out = tmp_path / "r"
+    try:
+        code = main(["train", *TRAIN, "--epochs", "2", "--out", str(out)])
+    except KeyboardInterrupt:  # not let through: pytest would take it for its own Ctrl-C and stop the session
+        pytest.fail("Ctrl-C left sase's main as a KeyboardInterrupt")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == f"sase train: interrupted{AFTER_INTERRUPT['train']}"
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert calls["n"] == 5  # the interrupted step and the last one: the resume began where epoch 1's checkpoint was

@@ -18,7 +18,7 @@ import traceback
 from types import ModuleType
 from typing import Iterable, NoReturn, Sequence
 
-from .commands import HELP
+from .commands import AFTER_INTERRUPT, HELP
 
 DEBUG_HELP = "show the traceback of an error (also: SASE_DEBUG=1)"
 
@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the parsed command; a user error ends it in one line on stderr and exit code 2."""
+    """Run the parsed command; a user error ends it in one line on stderr and exit code 2, Ctrl-C in one line and
+    exit code 130."""
     from ..search.graphs import GraphRecordingError
     from ..utils.distributed import leave, world
 
@@ -125,6 +126,13 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with silenced(not place.main):
             return command_module(args.command).run(args) or 0
+    except KeyboardInterrupt:
+        # Ctrl-C: a line saying what is kept, not a traceback from wherever the work was
+        if debugging(args):
+            traceback.print_exc()
+        if place.local_rank == 0:
+            print(f"sase {args.command}: interrupted{AFTER_INTERRUPT.get(args.command, '')}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     except BrokenPipeError:
         # whoever read the output went away (`sase ... | head`): stop quietly, as command-line tools do
         _stdout_to_devnull()

@@ -17,3 +17,11 @@ HELP: dict[str, str] = {  # in the order `sase --help` lists them; each is the m
     "bench": "parameters, FLOPs, latency, training step and memory of each attention",
     "maps": "draw the spatial attention of every SASE or CBAM block of a trained model on test images",
 }
+
+_RESUME = ("; the run folder keeps its last checkpoint (written every --checkpoint-every steps and at each epoch's "
+           "end): continue with --resume --out FOLDER")
+_RERUN = "; finished cells are kept: the same command again trains only the others"
+AFTER_INTERRUPT: dict[str, str] = {  # what a command's work left behind when Ctrl-C stopped it, and how to go on
+    "search": _RESUME, "train": _RESUME, "detect": _RESUME, "compare": _RERUN,
+    "pipeline": "; a finished search and finished cells are kept: the same command again goes on from there",
+}

@@ -135,11 +135,12 @@ def run(args: argparse.Namespace) -> int:
     else:  # several seeds resume each search that has a checkpoint, with or without --resume
         config = config_from_args(args)
     check_out(config.out)  # before anything is announced
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
     print(f"searching: {config.backbone} supernet on {config.dataset}, order {config.order}, "
           f"{config.epochs} epochs, batch {config.batch_size}, {config.amp or 'float32'} -> {config.out}")
     try:
-        if args.seeds is not None:
-            return _run_seeds(config, parse_seeds(args.seeds), progress=not args.quiet)
+        if seeds is not None:
+            return _run_seeds(config, seeds, progress=not args.quiet)
         result = run_search(config, resume=args.resume, progress=not args.quiet)
     except SearchDiverged as err:
         print(f"sase search: {err}", file=sys.stderr)

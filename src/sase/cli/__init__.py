@@ -48,11 +48,11 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     parser.add_argument("--version", action="store_true",
                         help="print the version of sase and of what it runs on (for bug reports), and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers are Parsers too
-    for name, help in HELP.items():
+    for name, text in HELP.items():
         if name in full:
             command_module(name).add_parser(sub)
         else:
-            sub.add_parser(name, help=help)
+            sub.add_parser(name, help=text)
     for command in sub.choices.values():
         # SUPPRESS: unset here, the top-level --debug stands (a subparser default would overwrite it)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

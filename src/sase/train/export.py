@@ -23,7 +23,7 @@ from ..attention import ATTENTIONS
 from ..genotype import Genotype, GenotypeError
 from ..models import create_model
 from ..stage_genotypes import StageGenotypes, genotype_or_stages
-from ..utils.checkpoint import load_checkpoint, refused_write
+from ..utils.checkpoint import load_checkpoint, temporary_for
 
 SAFETENSORS = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
@@ -91,15 +91,9 @@ def save_safetensors(model: nn.Module, spec: ModelSpec, path: str | os.PathLike)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with temporary_for(path, tmp, "weights"):
         save_file(state, str(tmp), metadata=spec.to_metadata())
-    except Exception as err:
-        tmp.unlink(missing_ok=True)
-        refused = refused_write(err, path, "weights")
-        if refused is not None:
-            raise refused from err
-        raise
-    os.replace(tmp, path)  # never a half-written file under the final name
+        os.replace(tmp, path)  # never a half-written file under the final name
 
 
 def read_spec(path: str | os.PathLike) -> ModelSpec:

@@ -1,13 +1,14 @@
 """Checkpoints that survive a crash: written to a temporary file, then renamed over the old one."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -35,6 +36,20 @@ def refused_write(err: BaseException, path: str | os.PathLike, what: str) -> OSE
     return OSError(code, f"{what} not written: {os.strerror(code)}", str(path))
 
 
+@contextlib.contextmanager
+def temporary_for(path: str | os.PathLike, tmp: str | os.PathLike, what: str) -> Iterator[None]:
+    """Inside, `what` is written to `tmp` on its way to `path`: a failure removes `tmp`, and a write the system
+    refused is raised as an OSError naming `path` (`refused_write`)."""
+    try:
+        yield
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        refused = refused_write(err, path, what)
+        if refused is not None:
+            raise refused from err
+        raise
+
+
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
     """torch.save `state` to `path` so that a crash at any moment leaves either the old or the new file.
 
@@ -43,18 +58,12 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with temporary_for(path, tmp, "checkpoint"):
+        with os.fdopen(fd, "wb") as f:  # a file object: torch.save then reports a refused write's OSError
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        refused = refused_write(err, path, "checkpoint")
-        if refused is not None:
-            raise refused from err
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
